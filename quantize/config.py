@@ -1,0 +1,137 @@
+"""Frozen, validated configuration of the quantize stage.
+
+``QuantConfig`` is the one object that says *what* quantization is done; it is validated on
+construction (one :class:`~quantize.errors.ConfigError` naming the field, the value and what
+is allowed) and round-trips through JSON, which is written next to every artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+METHODS = ("rtn", "gptq", "gptaq")
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and (value & (value - 1)) == 0
+
+
+def _check_type(owner: str, name: str, value: Any, kind: type | tuple[type, ...], allowed: str) -> None:
+    # bool is an int subclass; never accept it where a number is meant (and vice versa).
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(owner, name, value, allowed)
+    if kind is float and isinstance(value, int):
+        return
+    if not isinstance(value, kind):
+        raise ConfigError(owner, name, value, allowed)
+
+
+class _JsonConfig:
+    """Mixin: dict/JSON round trip that rejects unknown keys."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(cls.__name__, unknown[0], data[unknown[0]], f"one of the fields {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class QuantConfig(_JsonConfig):
+    """What to quantize and how.
+
+    Attributes:
+        method: ``"rtn"`` (round to nearest, no data), ``"gptq"`` or ``"gptaq"``.
+        w_bits: weight bits, 2..8.
+        group_size: -1 for one scale per output channel, else a power of two: one scale per
+            ``group_size`` consecutive input features (the last group may be partial).
+        sym: symmetric weight grid (zero point fixed at ``2**(w_bits-1)``) — the only one
+            TensorRT runs; asymmetric grids are ORT / PyTorch only.
+        mse_clip: search a shrink factor of each group's range minimising ``|q - w|^2.4``.
+        act_order: quantize columns in order of decreasing Hessian diagonal; groups stay
+            static (contiguous in the original column order) so export needs no ``g_idx``.
+        alpha: GPTAQ's weight on the asymmetry term (0 = plain GPTQ).
+        damp: relative damping, ``lambda = damp * mean(diag(H))`` (0.01 LLM, 0.1 ViT).
+        block_size: columns per lazy-update block (power of two).
+        a_bits: activation bits, 16 = off, or 4 / 8 (dynamic per-token fake quant).
+        a_sym: symmetric activation grid.
+        a_clip_ratio: fraction of each token's range kept by the activation grid.
+        rotate: Hadamard-rotate the model first (QuaRot style).
+        seed: seed for calibration sampling and rotations.
+    """
+
+    method: str = "gptaq"
+    w_bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+    mse_clip: bool = False
+    act_order: bool = False
+    alpha: float = 0.25
+    damp: float = 0.01
+    block_size: int = 128
+    a_bits: int = 16
+    a_sym: bool = False
+    a_clip_ratio: float = 0.9
+    rotate: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        if self.method not in METHODS:
+            raise ConfigError(owner, "method", self.method, f"one of {', '.join(METHODS)}")
+        _check_type(owner, "w_bits", self.w_bits, int, "an integer in 2..8")
+        if not 2 <= self.w_bits <= 8:
+            raise ConfigError(owner, "w_bits", self.w_bits, "an integer in 2..8")
+        allowed_group = "-1 (per output channel) or a positive power of two (e.g. 32, 64, 128)"
+        _check_type(owner, "group_size", self.group_size, int, allowed_group)
+        if self.group_size != -1 and not _is_power_of_two(self.group_size):
+            raise ConfigError(owner, "group_size", self.group_size, allowed_group)
+        for name in ("sym", "mse_clip", "act_order", "a_sym", "rotate"):
+            _check_type(owner, name, getattr(self, name), bool, "true or false")
+        _check_type(owner, "alpha", self.alpha, float, "a number in [0, 1]")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(owner, "alpha", self.alpha, "a number in [0, 1]")
+        _check_type(owner, "damp", self.damp, float, "a number in (0, 1]")
+        if not 0.0 < self.damp <= 1.0:
+            raise ConfigError(owner, "damp", self.damp, "a number in (0, 1]")
+        _check_type(owner, "block_size", self.block_size, int, "a power of two in 16..4096")
+        if not (16 <= self.block_size <= 4096 and _is_power_of_two(self.block_size)):
+            raise ConfigError(owner, "block_size", self.block_size, "a power of two in 16..4096")
+        _check_type(owner, "a_bits", self.a_bits, int, "16 (off), 8 or 4")
+        if self.a_bits not in (4, 8, 16):
+            raise ConfigError(owner, "a_bits", self.a_bits, "16 (off), 8 or 4")
+        _check_type(owner, "a_clip_ratio", self.a_clip_ratio, float, "a number in (0, 1]")
+        if not 0.0 < self.a_clip_ratio <= 1.0:
+            raise ConfigError(owner, "a_clip_ratio", self.a_clip_ratio, "a number in (0, 1]")
+        _check_type(owner, "seed", self.seed, int, "a non-negative integer")
+        if self.seed < 0:
+            raise ConfigError(owner, "seed", self.seed, "a non-negative integer")
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether the method needs calibration data (RTN does not, unless activations are quantized)."""
+        return self.method != "rtn"
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.a_bits < 16
