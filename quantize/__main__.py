@@ -146,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume_dir = Path(args.resume_dir) if args.resume_dir else out / RESUME_SUBDIR
     _check_output(out, resume_dir, args)
     start = time.perf_counter()
+    if args.no_progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     loaded = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     spec = spec_for(loaded.model)
     calib = _calibration(args, config, loaded, spec)

@@ -122,7 +122,7 @@ def capture_block_inputs(model: nn.Module, spec: ArchSpec, batches: list[torch.T
     hidden: list[torch.Tensor] = []
     layer_args: list[list] = [[] for _ in range(n)]
     catchers = [_Catcher(layer_args[i], hidden if i == 0 else None) for i in range(n)]
-    set_module(model, spec.blocks, type(blocks)(catchers))
+    set_module(model, spec.blocks, nn.Sequential(*catchers) if isinstance(blocks, nn.Sequential) else type(blocks)(catchers))
     try:
         for batch in batches:
             args, kwargs = model_inputs(spec, batch.to(device))

@@ -47,3 +47,5 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
