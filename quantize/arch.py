@@ -38,6 +38,11 @@ class ArchSpec:
         final_norm: path of the norm before the head (rotation).
         attn_norm, mlp_norm: block-relative norms feeding the first and third group (rotation).
         attn_in, attn_out, mlp_in, mlp_out: block-relative Linears for rotation.
+        replay: ``(submodule, linear, returns_tuple)``: in eval mode the submodule's output
+            is ``linear(linear's input)`` (first tuple element when ``returns_tuple``). Once
+            that input is final, the walker replays the submodule from the cached input instead
+            of recomputing it (e.g. skips Q/K/V and attention in later passes). The linear must
+            be the first member of its group.
     """
 
     name: str
@@ -56,6 +61,7 @@ class ArchSpec:
     attn_out: str | None = None
     mlp_in: Group = ()
     mlp_out: str | None = None
+    replay: tuple[tuple[str, str, bool], ...] = ()
 
     def group_members(self, block: nn.Module) -> list[list[str]]:
         """The groups' Linear names that exist in ``block`` (each group non-empty)."""
@@ -87,6 +93,7 @@ _DECODER = dict(
     attn_out="self_attn.o_proj",
     mlp_in=("mlp.up_proj", "mlp.gate_proj"),
     mlp_out="mlp.down_proj",
+    replay=(("self_attn", "self_attn.o_proj", True), ("mlp", "mlp.down_proj", False)),
 )
 
 REGISTRY: tuple[ArchSpec, ...] = (
@@ -107,6 +114,7 @@ REGISTRY: tuple[ArchSpec, ...] = (
             ("mlp.fc2",),
         ),
         head="classifier",
+        replay=(("attention", "attention.o_proj", True), ("mlp", "mlp.fc2", False)),
     ),
     ArchSpec(
         name="timm-vit",
@@ -116,6 +124,7 @@ REGISTRY: tuple[ArchSpec, ...] = (
         blocks="blocks",
         groups=(("attn.qkv",), ("attn.proj",), ("mlp.fc1",), ("mlp.fc2",)),
         head="head",
+        replay=(("attn", "attn.proj", False), ("mlp", "mlp.fc2", False)),
     ),
     ArchSpec(
         name="timm-eva",

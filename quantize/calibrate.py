@@ -185,6 +185,49 @@ def _set_act_quant(groups: list[list[tuple[str, QuantLinear]]], enabled: bool) -
             module.input_quant.enabled = enabled
 
 
+@dataclass
+class _Replay:
+    """A submodule replayed as ``linear(cached input)`` once that input is final (ArchSpec.replay)."""
+
+    sub: nn.Module
+    linear: QuantLinear
+    returns_tuple: bool
+    group: int  # the linear's group: its input is cached during that group's pass
+    inputs: list[torch.Tensor] = field(default_factory=list)
+
+
+@contextmanager
+def _replaying(replays: list[_Replay], batch: list[int], device: torch.device) -> Iterator[None]:
+    """Swap each submodule's forward for ``linear(cached input of the current batch)``.
+
+    Exact: the linear's input depends only on earlier groups, which are final, and the
+    linear itself runs as usual (current weights, activation quantizer).
+    """
+    for r in replays:
+        def forward(*_args: Any, r: _Replay = r, **_kwargs: Any) -> Any:
+            out = r.linear(r.inputs[batch[0]].to(device))
+            return (out, None) if r.returns_tuple else out
+
+        r.sub.forward = forward  # instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        for r in replays:
+            del r.sub.forward
+
+
+@contextmanager
+def _recording(replays: list[_Replay], cache_device: torch.device) -> Iterator[None]:
+    """Cache the raw input of each replay linear, batch by batch."""
+    handles = [r.linear.register_forward_pre_hook(
+        lambda _m, args, r=r: r.inputs.append(args[0].to(cache_device))) for r in replays]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class BlockWalker:
     """Calibrates one block at a time; see the module docstring for the procedure."""
 
@@ -214,12 +257,15 @@ class BlockWalker:
         else:
             fp_inputs = self._fp_pass(block, index, groups, state) if self.asym else None
             _set_act_quant(groups, self.act_during_calibration)
+            replays = self._replay_plan(block, groups)
             for g, group in enumerate(groups):
-                acc = self._accumulate(block, index, group[0][1], state.x_q, fp_inputs[g] if fp_inputs else None)
+                with _recording([r for r in replays if r.group == g], self.cache_device):
+                    acc = self._accumulate(block, index, group[0][1], state.x_q, fp_inputs[g] if fp_inputs else None,
+                                           [r for r in replays if r.group < g])
                 for name, module in group:
                     results.append(self._solve(index, g, name, module, acc, state.logs))
                 del acc
-            state.x_q = self._forward_all(block, index, state.x_q)
+            state.x_q = self._forward_all(block, index, state.x_q, replays)
         _set_act_quant(groups, self.act_during_calibration or self.config.method == "rtn")
         block.to(home)
         state.next_block = index + 1
@@ -228,12 +274,25 @@ class BlockWalker:
     def _batch_args(self, index: int, k: int) -> tuple[tuple, dict[str, Any]]:
         return self.inputs.layer_args[index][k]
 
-    def _forward_all(self, block: nn.Module, index: int, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _forward_all(self, block: nn.Module, index: int, xs: list[torch.Tensor],
+                     replays: list[_Replay] = ()) -> list[torch.Tensor]:
         out = []
-        for k, x in enumerate(xs):
-            args, kwargs = self._batch_args(index, k)
-            out.append(run_block(block, x.to(self.device), args, kwargs).to(self.cache_device))
+        batch = [0]
+        with _replaying(list(replays), batch, self.device):
+            for k, x in enumerate(xs):
+                batch[0] = k
+                args, kwargs = self._batch_args(index, k)
+                out.append(run_block(block, x.to(self.device), args, kwargs).to(self.cache_device))
         return out
+
+    def _replay_plan(self, block: nn.Module, groups) -> list[_Replay]:
+        """Replays that apply to this block (spec entries whose modules it has)."""
+        first = {group[0][0]: g for g, group in enumerate(groups)}
+        plan = []
+        for sub, linear, returns_tuple in self.spec.replay:
+            if linear in first:
+                plan.append(_Replay(block.get_submodule(sub), block.get_submodule(linear), returns_tuple, first[linear]))
+        return plan
 
     def _fp_pass(self, block: nn.Module, index: int, groups, state: WalkerState) -> list[list[torch.Tensor]]:
         """Run the FP stream (activation quant off); cache each group's input; advance ``x_fp``."""
@@ -252,12 +311,12 @@ class BlockWalker:
         return cache
 
     def _accumulate(self, block: nn.Module, index: int, first: QuantLinear, xs: list[torch.Tensor],
-                    fp_cache: list[torch.Tensor] | None) -> HessianAccumulator:
+                    fp_cache: list[torch.Tensor] | None, replays: list[_Replay]) -> HessianAccumulator:
         """Run the quantized stream up to ``first``'s input over all batches; return H (and dXXT)."""
         acc = HessianAccumulator(first.in_features, asym=fp_cache is not None, device=self.device)
         batch = [0]
         add = (lambda x: acc.add(x, fp_cache[batch[0]].to(self.device))) if fp_cache is not None else acc.add
-        with _observe(first, add, stop=True):
+        with _observe(first, add, stop=True), _replaying(replays, batch, self.device):
             for k, x in enumerate(xs):
                 batch[0] = k
                 args, kwargs = self._batch_args(index, k)

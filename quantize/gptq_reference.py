@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .gptq import SolveResult, _result
+from .gptq import SolveResult, _inverse_cholesky_upper, _result
 from .primitives import dequantize_codes, quantize_to_codes, weight_qparams
 
 
@@ -68,8 +68,10 @@ def reference_solve(
         if D is not None:
             D = D[perm][:, perm]
 
-    H += damp * torch.mean(torch.diagonal(H)) * torch.eye(n, dtype=work)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    # The official code factors with chol -> cholesky_inverse -> chol(upper); the result is the
+    # same matrix, and sharing the solver's factorization keeps speed comparisons about the loop
+    # (cholesky_inverse is pathologically slow in some CPU builds of torch).
+    Hinv, _ = _inverse_cholesky_upper(H, damp)
     P = alpha * torch.triu(D @ Hinv.t(), diagonal=1) @ Hinv if D is not None else None
 
     codes = torch.zeros_like(W)

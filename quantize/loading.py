@@ -63,8 +63,7 @@ def load_model(name: str | None, *, gguf_file: str | None = None, dtype: str = "
     """
     torch_dtype = parse_dtype(dtype)
     if name in (None, DEMO_MODEL):
-        path = demo_gguf_path()
-        return _load_hf(str(path.parent), gguf_file=path.name, dtype=torch_dtype, trust_remote_code=False)
+        return _load_demo(torch_dtype)
     if name.startswith("timm:"):
         return _load_timm(name.removeprefix("timm:"), torch_dtype, timm_kwargs or {})
     path = Path(name)
@@ -77,6 +76,49 @@ def load_model(name: str | None, *, gguf_file: str | None = None, dtype: str = "
     if path.is_dir() and gguf_file is None and not (path / "config.json").exists():
         raise UserError(f"{path} has no config.json; is it a transformers model directory?")
     return _load_hf(name, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+
+
+def demo_cache_dir() -> Path:
+    """Where the dequantized demo model is kept (``$GPTAQ_CACHE`` or ``~/.cache/gptaq-deploy``)."""
+    import os
+
+    root = Path(os.environ.get("GPTAQ_CACHE", Path.home() / ".cache" / "gptaq-deploy"))
+    stat = demo_gguf_path().stat()
+    return root / f"{DEMO_MODEL}-{stat.st_size}"
+
+
+def _load_demo(dtype: torch.dtype) -> LoadedModel:
+    """SmolLM2-135M: read from the GGUF file once (about a minute of dequantization), then
+    from a plain transformers directory cached beside it (under a second)."""
+    cache = demo_cache_dir()
+    if not (cache / "model.safetensors").is_file():
+        path = demo_gguf_path()
+        loaded = _load_hf(str(path.parent), gguf_file=path.name, dtype=torch.float32, trust_remote_code=False)
+        _write_demo_cache(loaded, cache)
+    loaded = _load_hf(str(cache), gguf_file=None, dtype=dtype, trust_remote_code=False)
+    loaded.source.update({"name": DEMO_MODEL, "gguf_file": DEMO_GGUF})
+    return loaded
+
+
+def _write_demo_cache(loaded: LoadedModel, cache: Path) -> None:
+    import shutil
+    import tempfile
+
+    model = loaded.model
+    # The weights are already dequantized to float; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+        tmp.replace(cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("cached the dequantized demo model in %s", cache)
 
 
 def _load_hf(name: str, *, gguf_file: str | None, dtype: torch.dtype, trust_remote_code: bool) -> LoadedModel:
