@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -298,16 +298,10 @@ class BlockWalker:
         """Run the FP stream (activation quant off); cache each group's input; advance ``x_fp``."""
         _set_act_quant(groups, False)
         cache: list[list[torch.Tensor]] = [[] for _ in groups]
-        stack = []
-        for g, group in enumerate(groups):
-            ctx = _observe(group[0][1], lambda x, g=g: cache[g].append(x.to(self.cache_device)), stop=False)
-            ctx.__enter__()
-            stack.append(ctx)
-        try:
+        with ExitStack() as stack:
+            for g, group in enumerate(groups):
+                stack.enter_context(_observe(group[0][1], lambda x, g=g: cache[g].append(x.to(self.cache_device)), stop=False))
             state.x_fp = self._forward_all(block, index, state.x_fp)
-        finally:
-            for ctx in reversed(stack):
-                ctx.__exit__(None, None, None)
         return cache
 
     def _accumulate(self, block: nn.Module, index: int, first: QuantLinear, xs: list[torch.Tensor],

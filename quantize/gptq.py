@@ -24,8 +24,8 @@ literally), so the blocked solver equals the column-by-column one for every bloc
 ``P`` is never formed whole: each block computes its ``B x (in - i)`` slice, which also keeps
 the extra memory at ``B * in`` instead of ``in^2``.
 
-With ``dXXT=None`` or ``alpha=0`` no ``P`` term is evaluated: the result is GPTQ bit for bit.
-With ``D = 0`` the ``P`` terms add exact zeros, so the result is also bit-identical to GPTQ.
+With ``dXXT=None``, ``alpha=0`` or ``dXXT == 0`` no ``P`` term is evaluated: the result is
+GPTQ bit for bit.
 """
 
 from __future__ import annotations
@@ -125,9 +125,10 @@ def solve(
     out_f, in_f = W.shape
     if H.shape != (in_f, in_f):
         raise ValueError(f"H has shape {tuple(H.shape)}, expected {(in_f, in_f)} for W {tuple(W.shape)}")
-    use_p = dXXT is not None and alpha > 0
     if dXXT is not None and dXXT.shape != (in_f, in_f):
         raise ValueError(f"dXXT has shape {tuple(dXXT.shape)}, expected {(in_f, in_f)}")
+    # No asymmetry (alpha = 0, no FP stream, or X_fp == X_q) is plain GPTQ: skip P entirely.
+    use_p = dXXT is not None and alpha > 0 and bool(dXXT.any())
     _check_finite("weight", W)
     _check_finite("Hessian", H)
     if use_p:
@@ -253,12 +254,19 @@ def _propagate(
     i: int, a: int, b: int, c: int, d: int,
 ) -> None:
     """Lazy update of columns ``[c, d)`` by the processed columns ``[a, b)`` of block ``i``:
-    ``W[:, c:d] -= E[:, a:b] U[a:b, c:d] - W[:, a:b] P[a:b, c:d]`` (in transposed form)."""
+    ``W[:, c:d] -= E[:, a:b] U[a:b, c:d] - W[:, a:b] P[a:b, c:d]`` (in transposed form).
+
+    With ``P`` the two products run as one GEMM on stacked operands (``[U; -P]^T @ [E; W]``),
+    so the trailing weights are read and written once instead of twice.
+    """
     if c >= d:
         return
-    WT[c:d].addmm_(U[a:b, c:d].t(), E[a - i : b - i], alpha=-1)
-    if P is not None:
-        WT[c:d].addmm_(P[a - i : b - i, c - i : d - i].t(), WT[a:b])
+    if P is None:
+        WT[c:d].addmm_(U[a:b, c:d].t(), E[a - i : b - i], alpha=-1)
+        return
+    left = torch.cat([U[a:b, c:d], -P[a - i : b - i, c - i : d - i]]).t()
+    right = torch.cat([E[a - i : b - i], WT[a:b]])
+    WT[c:d].addmm_(left, right, alpha=-1)
 
 
 def _p_rows(D: torch.Tensor, U: torch.Tensor, i: int, j2: int, panel: int = 512) -> torch.Tensor:

@@ -142,3 +142,19 @@ def test_resume_after_failure_equals_uninterrupted(tmp_path, monkeypatch):
         quantize_model(tiny_llama(), token_batch(8, 32, seed=1), cfg, progress=False, resume_dir=tmp_path / "state")
     with pytest.raises(UserError, match="different config"):
         quantize_model(tiny_llama(), ids, cfg.replace(alpha=0.5), progress=False, resume_dir=tmp_path / "state")
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(group_size=32), QuantConfig(group_size=32, a_bits=4), QuantConfig(method="gptq", group_size=32)],
+                         ids=["gptaq", "gptaq-w4a4", "gptq"])
+def test_replay_is_bit_identical_to_recomputation(monkeypatch, cfg):
+    import dataclasses
+
+    from quantize import arch
+
+    ids = token_batch(8, 32)
+    fast = quantize_model(tiny_llama(), ids, cfg, progress=False, batch_size=3)
+    monkeypatch.setattr(arch, "REGISTRY", tuple(dataclasses.replace(s, replay=()) for s in arch.REGISTRY))
+    slow = quantize_model(tiny_llama(), ids, cfg, progress=False, batch_size=3)
+    codes = lambda m: [x.codes for x in m.modules() if isinstance(x, QuantLinear)]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(codes(fast), codes(slow)))
+    assert torch.equal(_logits(fast, ids), _logits(slow, ids))
