@@ -148,14 +148,14 @@ def quantize_model(
     if data is not None and data.shape[0] == 0:
         raise UserError("calibration data is empty")
     batches = list(data.split(batch_size)) if data is not None else None
-    store = ResumeStore(resume_dir, _fingerprint(model, config, data)) if resume_dir is not None else None
+    fingerprint = _fingerprint(model, config, data)
+    store = ResumeStore(resume_dir, fingerprint) if resume_dir is not None else None
     home = next(model.parameters()).device
     _place_stem(model, spec, dev)
     with torch.no_grad():
         logs = calibrate_model(model, spec, config, batches, device=dev, offload=offload, store=store, progress=progress)
     model.to(home)
-    calibration = {"fingerprint": _fingerprint(model, config, data)["calibration"] if data is not None else "none",
-                   "shape": list(data.shape) if data is not None else None}
+    calibration = {"fingerprint": fingerprint["calibration"], "shape": list(data.shape) if data is not None else None}
     source = dict(getattr(model, "quant_source", {}) or {})
     model.quant_state = QuantState(config, spec.name, calibration, [l.to_dict() for l in logs], source,
                                    dict(getattr(model, "quant_extra", {}) or {}))

@@ -226,7 +226,7 @@ def _build_float_model(directory: Path, meta: dict[str, Any], spec: ArchSpec) ->
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # we install the quantized weights ourselves
     auto = transformers.AutoModelForCausalLM if spec.modality == "text" else transformers.AutoModelForImageClassification
-    return auto.from_config(config, torch_dtype=dtype)
+    return auto.from_config(config, dtype=dtype)
 
 
 def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -1,0 +1,99 @@
+"""What a target can run (checked before any work) and the ONNX checker (before anything is written).
+
+Capability rules, from ``DESIGN.md`` §5 and ``reference/deploy.md`` §1/§3:
+
+* every target: INT4/UINT4 ``DequantizeLinear`` with ``block_size`` needs opset >= 21;
+* ``trt``: TensorRT's DequantizeLinear needs zero points of 0, so asymmetric weights are
+  refused; TensorRT has no INT4 (or any dynamically scaled) activation quantization, so
+  activation-quantized models (W4A4) are refused — the same weights export as W4A16 with
+  ``--a-bits 16``; TensorRT 11 is strongly typed and runs INT4 weight-only GEMMs in fp16, so
+  a quantized TensorRT graph must be ``--dtype fp16``.
+
+A refusal names what was asked, the first offending layer (and how many there are), what is
+supported and the alternative.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from quantize.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from .config import ExportConfig
+    from .scheme import LayerScheme
+
+#: Above this size the model is saved with external data and checked by path.
+PROTOBUF_LIMIT = 2**31 - 2**20
+
+
+class ExportError(UserError):
+    """The model cannot be exported as asked (unmatched layer, failed ONNX check, ...)."""
+
+
+class CapabilityError(UserError):
+    """The target cannot run the model's quantization scheme."""
+
+
+def _layers(names: Sequence[str]) -> str:
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"{names[0]}{more}"
+
+
+def check_capability(weights: Sequence["LayerScheme"], config: "ExportConfig") -> None:
+    """Refuse a scheme ``config.target`` cannot run, naming the layer and the alternative.
+
+    ``weights`` are the quantized Linears (:class:`~export.scheme.LayerScheme` or
+    :class:`~export.qdq.QuantWeight`), after ``config.a_bits`` was applied.
+    """
+    if not weights:
+        return
+    low_bit = [w.name for w in weights if w.bits <= 4]
+    if low_bit and config.opset < 21:
+        raise CapabilityError(f"INT4 weights ({_layers(low_bit)}) need opset >= 21 (DequantizeLinear with int4 and "
+                              f"block_size); got --opset {config.opset}")
+    if config.target != "trt":
+        return
+    act = [w for w in weights if w.act is not None]
+    if act:
+        a = act[0].act
+        raise CapabilityError(
+            f"W{act[0].bits}A{a.bits} cannot run in TensorRT: layer {_layers([w.name for w in act])} quantizes its input "
+            f"to {a.bits} bits per token at runtime, and TensorRT has no INT{a.bits} dynamic activation quantization; "
+            f"export the same (rotated) weights as W{act[0].bits}A16 with --a-bits 16, or simulate W{act[0].bits}A{a.bits} "
+            "with --target ort")
+    asym = [w.name for w in weights if not w.symmetric]
+    if asym:
+        raise CapabilityError(
+            f"asymmetric weights cannot run in TensorRT: layer {_layers(asym)} has zero points, and TensorRT's "
+            "DequantizeLinear needs a zero point of 0; requantize with a symmetric grid (python -m quantize without "
+            "--asym) or export for ONNX Runtime with --target ort")
+    if config.dtype != "fp16":
+        raise CapabilityError(
+            f"TensorRT runs INT{weights[0].bits if weights[0].bits <= 4 else 8} weight-only layers ({_layers([w.name for w in weights])}) "
+            "in fp16 and TensorRT 11 is strongly typed, so the graph itself must be fp16; export with --dtype fp16")
+
+
+def check_model(model: "onnx.ModelProto | str | os.PathLike") -> None:
+    """onnx.checker full check (with strict shape inference); :class:`ExportError` on failure.
+
+    Pass a path for models saved with external data or above 2 GB.
+    """
+    import onnx
+
+    target: "onnx.ModelProto | str"
+    if isinstance(model, (str, os.PathLike)):
+        target = str(Path(model))
+    else:
+        if model.ByteSize() > PROTOBUF_LIMIT:
+            raise ExportError("model above 2 GB: check it by path after saving with external data")
+        target = model
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the exported graph fails the ONNX checker: {first}") from None

@@ -1,0 +1,138 @@
+"""ONNX Runtime backend: :class:`OrtSession`.
+
+CPU by default; CUDA first when ``onnxruntime-gpu`` offers it. ORT's CPU graph optimiser fuses
+the exported ``DequantizeLinear(int4) -> MatMul`` pairs into ``com.microsoft::MatMulNBits``;
+by default that kernel quantizes activations to int8 per block (``accuracy_level`` 4). Pass
+``accuracy_level=1`` (fp32 compute) for bit-faithful validation against PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from quantize.errors import UserError
+
+from .base import Session, TensorSpec
+
+MODEL_FILE = "model.onnx"
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32, "tensor(uint16)": np.uint16, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+_SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider",
+          "tensorrt": "TensorrtExecutionProvider"}
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/model.onnx`` for an export directory; one-line error if missing."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise UserError(f"{p} does not exist (expected an ONNX file or an export directory holding {MODEL_FILE})")
+    return p
+
+
+def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
+    """Provider names (``"cpu"``, ``"cuda"`` or ORT's full names); default CUDA when available, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None:
+        chosen = [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
+        return chosen
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p]
+    chosen = [_SHORT.get(p.lower(), p) for p in providers]
+    bad = [p for p in chosen if p not in available]
+    if bad:
+        raise UserError(f"ONNX Runtime provider {bad[0]} is not available here; available: {', '.join(available)}")
+    return chosen
+
+
+def _spec(arg) -> TensorSpec:
+    if arg.type not in _ORT_TYPES:
+        dtype = np.dtype("O")
+    else:
+        dtype = np.dtype(_ORT_TYPES[arg.type])
+    shape = tuple(d if isinstance(d, (int, str)) or d is None else str(d) for d in arg.shape)
+    return TensorSpec(arg.name, dtype, shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OrtSession(Session):
+    """An ONNX Runtime inference session behind the :class:`~runtime.base.Session` protocol.
+
+    Args:
+        path: ``model.onnx`` or an export directory.
+        providers: e.g. ``["cpu"]``, ``["cuda", "cpu"]`` (default: CUDA when available, CPU).
+        accuracy_level: ``session.qdq_matmulnbits_accuracy_level`` for the fused INT4 kernels
+            (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations); ``None`` keeps ORT's default.
+        threads: intra-op threads (``None``: ORT's default).
+        optimized_model_path: write the graph after ORT's optimisations there (inspection).
+        optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | str | None = None,
+                 accuracy_level: int | None = None, threads: int | None = None, *,
+                 optimized_model_path: str | os.PathLike | None = None, optimization: str = "all") -> None:
+        import onnxruntime as ort
+
+        self.path = resolve_model_path(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+                raise UserError(f"threads={threads!r} is invalid: expected a positive integer")
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if accuracy_level is not None:
+            if accuracy_level not in (0, 1, 2, 3, 4):
+                raise UserError(f"accuracy_level={accuracy_level!r} is invalid: expected 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+        if optimization not in _LEVELS:
+            raise UserError(f"optimization={optimization!r} is invalid: expected one of {', '.join(_LEVELS)}")
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = str(optimized_model_path)
+        self.providers = resolve_providers(providers)
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own pybind exception types for corrupt / foreign files
+            raise UserError(f"cannot load ONNX model {self.path}: {_first_line(exc)}") from None
+        self._inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
+        self._outputs = {a.name: _spec(a) for a in self._session.get_outputs()}
+
+    def input_metadata(self) -> dict[str, TensorSpec]:
+        return dict(self._inputs)
+
+    def output_metadata(self) -> dict[str, TensorSpec]:
+        return dict(self._outputs)
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise UserError("the session is closed")
+        names = list(self._outputs)
+        try:
+            values = self._session.run(names, feeds)
+        except Exception as exc:
+            raise UserError(f"ONNX Runtime failed to run {self.path.name}: {_first_line(exc)}") from exc
+        return dict(zip(names, values))
+
+    def close(self) -> None:
+        self._session = None
