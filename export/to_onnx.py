@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from quantize.atomic import replace_dir
 from quantize.errors import UserError
 
 from .check import PROTOBUF_LIMIT, ExportError, check_capability, check_model
@@ -338,17 +339,6 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"output directory {out} already exists; pass --overwrite to replace it")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _versions() -> dict[str, str]:
     import onnx
     import onnxscript
@@ -492,7 +482,7 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
             "versions": _versions(),
         }
         (tmp / EXPORT_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

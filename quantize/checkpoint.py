@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .atomic import replace_dir
 from .arch import ArchSpec, get_module, set_module, spec_by_name
 from .config import QuantConfig
 from .errors import UserError
@@ -169,7 +170,7 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: A
         (tmp / QUANT_LOG).write_text(json.dumps(state.log, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -183,18 +184,6 @@ def _write_model_config(model: nn.Module, spec: ArchSpec, state: QuantState, dir
     else:
         config = {"library": spec.library, "architecture": spec.name, **state.source}
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; an existing ``out`` is removed only once ``tmp`` is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:

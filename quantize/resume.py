@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import write_bytes
 from .errors import UserError
 from .gptq import SolveResult
 from .primitives import dequantize_grouped
@@ -49,12 +50,6 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor_digest(tensor).encode())
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -103,7 +98,7 @@ class ResumeStore:
             streams.update({f"x_fp.{k}": x for k, x in enumerate(x_fp)})
         _atomic_save_tensors(self.dir / STREAMS_FILE, streams)
         state = {"fingerprint": self.fingerprint, "next_block": next_block, "logs": logs}
-        _atomic_write_bytes(self.dir / STATE_FILE, json.dumps(state, indent=1).encode())
+        write_bytes(self.dir / STATE_FILE, json.dumps(state, indent=1).encode())
 
     def load_block(self, index: int, dtype: torch.dtype) -> dict[str, SolveResult]:
         """Results of block ``index`` keyed by block-relative Linear name."""

@@ -141,7 +141,7 @@ def format_table(results: Sequence[SolverTiming]) -> str:
     for t in results:
         by_key.setdefault((t.device, t.out_features, t.in_features), {})[t.method] = t
     methods = [m for m in METHODS if any(m in v for v in by_key.values())]
-    head = f"| device | out x in | " + " | ".join(f"{m} s" for m in methods) + " | GPTAQ/GPTQ | ref/GPTQ | peak MB (gptaq) |"
+    head = "| device | out x in | " + " | ".join(f"{m} s" for m in methods) + " | GPTAQ/GPTQ | ref/GPTQ | peak MB (gptaq) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (dev, o, i), row in by_key.items():
         cells = [f"{row[m].median_s:.3f}" if m in row else "-" for m in methods]
