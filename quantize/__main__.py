@@ -111,7 +111,7 @@ def _calibration(args, config: QuantConfig, loaded, spec):
     return images
 
 
-def _summary(model, out: Path, seconds: float) -> str:
+def _summary(model, out: Path, seconds: dict[str, float]) -> str:
     state = model.quant_state
     by_group: dict[int, list[float]] = defaultdict(list)
     names: dict[int, set[str]] = defaultdict(set)
@@ -119,8 +119,12 @@ def _summary(model, out: Path, seconds: float) -> str:
         by_group[entry["group"]].append(entry["loss"])
         names[entry["group"]].add(entry["name"].rsplit(".", 1)[-1])
     peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    solve = sum(entry["seconds"] for entry in state.log)
     lines = [f"quantized {len(state.log)} Linears with {state.config.method} w{state.config.w_bits} "
-             f"g{state.config.group_size} in {seconds:.1f} s -> {out}",
+             f"g{state.config.group_size} -> {out}",
+             f"time: load {seconds['load']:.1f} s, quantize {seconds['quantize']:.1f} s "
+             f"(solver {solve:.1f} s, forward passes and statistics {seconds['quantize'] - solve:.1f} s), "
+             f"save {seconds['save']:.1f} s",
              f"peak host memory {peak_host:.0f} MB"]
     if torch.cuda.is_available():
         lines.append(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
@@ -153,12 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     spec = spec_for(loaded.model)
     calib = _calibration(args, config, loaded, spec)
-    log.info("loaded %s (%s) in %.1f s", args.model or "SmolLM2-135M demo", spec.name, time.perf_counter() - start)
+    seconds = {"load": time.perf_counter() - start}
+    log.info("loaded %s (%s) in %.1f s", args.model or "SmolLM2-135M demo", spec.name, seconds["load"])
+    start = time.perf_counter()
     quantize_model(loaded.model, calib, config, device=args.device, resume_dir=resume_dir,
                    progress=not args.no_progress, offload=args.offload, tokenizer=loaded.tokenizer,
                    batch_size=args.batch_size)
+    seconds["quantize"] = time.perf_counter() - start
+    start = time.perf_counter()
     save_quantized(loaded.model, out, tokenizer=loaded.tokenizer, overwrite=True)
-    print(_summary(loaded.model, out, time.perf_counter() - start))
+    seconds["save"] = time.perf_counter() - start
+    print(_summary(loaded.model, out, seconds))
     return 0
 
 

@@ -1,8 +1,10 @@
 """Solver benchmark: seconds per layer for RTN, GPTQ and GPTAQ, and the GPTAQ/GPTQ ratio.
 
-Each (shape, method) runs in a fresh worker process so its peak memory is its own: host peak
-RSS growth on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Inputs are built once per
-worker from a fixed seed: activations with a low-rank correlated part and a few outlier
+Timing: one worker process per shape warms every method up, then times them in interleaved
+rounds (rtn, gptq, gptaq, ... repeated), so ratios come from side-by-side runs and machine
+drift cancels. Peak memory: one more process per (shape, method) runs it once, so the peak is
+its own (host peak RSS growth on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+Inputs are built per worker from a fixed seed: activations with a low-rank correlated part and a few outlier
 channels (as real LLM activations have), ``H = 2/N X^T X`` and a GPTAQ ``dXXT`` from a
 perturbed copy, so the Cholesky and the P term see realistic structure.
 """
@@ -29,7 +31,7 @@ METHODS = ("rtn", "gptq", "gptaq", "reference-gptq")
 class SolverCase:
     out_features: int
     in_features: int
-    method: str
+    methods: tuple[str, ...]
     device: str
     repeats: int
     tokens: int = 4096
@@ -79,55 +81,74 @@ def make_inputs(case: SolverCase):
     return W, H, dXXT
 
 
-def run_case(case: SolverCase) -> SolverTiming:
-    """Time one method on one shape (runs inside a worker process)."""
-    import torch
-
+def _calls(case: SolverCase):
     from quantize.gptq import rtn, solve
     from quantize.gptq_reference import reference_solve
 
-    torch.manual_seed(0)
     W, H, dXXT = make_inputs(case)
     grid = dict(bits=case.bits, group_size=case.group_size, sym=True)
-    calls = {
+    return {
         "rtn": lambda: rtn(W, **grid),
         "gptq": lambda: solve(W, H, **grid),
         "gptaq": lambda: solve(W, H, dXXT=dXXT, **grid),
         "reference-gptq": lambda: reference_solve(W, H, **grid),
     }
-    cuda = case.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        calls[case.method]()  # warm-up: CUDA context, kernels, cuBLAS/cuSOLVER handles
-        sync()
+
+
+def time_case(case: SolverCase) -> dict[str, list[float]]:
+    """Seconds per run of every method, timed in interleaved rounds after one warm-up each."""
+    import torch
+
+    calls = _calls(case)
+    sync = torch.cuda.synchronize if case.device.startswith("cuda") else (lambda: None)
+    for m in case.methods:  # warm-up: allocator, BLAS/LAPACK handles, CUDA kernels
+        calls[m]()
+    runs: dict[str, list[float]] = {m: [] for m in case.methods}
+    for _ in range(case.repeats):
+        for m in case.methods:
+            sync()
+            start = time.perf_counter()
+            calls[m]()
+            sync()
+            runs[m].append(time.perf_counter() - start)
+    return runs
+
+
+def peak_memory_mb(case: SolverCase) -> float:
+    """Peak memory of one run of ``case.methods[0]`` beyond its inputs (fresh process)."""
+    import torch
+
+    calls = _calls(case)
+    method = case.methods[0]
+    if case.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    runs = []
-    for _ in range(case.repeats):
-        sync()
-        start = time.perf_counter()
-        calls[case.method]()
-        sync()
-        runs.append(time.perf_counter() - start)
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:  # ru_maxrss is in KiB on Linux; growth of the peak over the inputs
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return SolverTiming(case.out_features, case.in_features, case.method, case.device,
-                        statistics.median(runs), runs, peak)
+        calls[method]()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    calls[method]()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def _in_worker(fn, case):
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, case).result()
 
 
 def run_benchmark(shapes: Sequence[str], methods: Sequence[str], devices: Sequence[str], repeats: int) -> list[SolverTiming]:
-    """All cases, each in its own spawned process (one at a time: never time concurrently)."""
-    cases = [SolverCase(*parse_shape(s), method=m, device=d, repeats=repeats)
-             for d in devices for s in shapes for m in methods]
-    ctx = multiprocessing.get_context("spawn")
+    """Every shape on every device, one case at a time (never time two things at once)."""
     results = []
-    for case in cases:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            results.append(pool.submit(run_case, case).result())
-        print(_row(results[-1]), file=sys.stderr, flush=True)
+    for device in devices:
+        for shape in shapes:
+            out_f, in_f = parse_shape(shape)
+            case = SolverCase(out_f, in_f, tuple(methods), device, repeats)
+            runs = _in_worker(time_case, case)
+            for m in methods:
+                peak = _in_worker(peak_memory_mb, SolverCase(out_f, in_f, (m,), device, 1))
+                results.append(SolverTiming(out_f, in_f, m, device, statistics.median(runs[m]), runs[m], peak))
+                print(_row(results[-1]), file=sys.stderr, flush=True)
     return results
 
 
@@ -141,13 +162,13 @@ def format_table(results: Sequence[SolverTiming]) -> str:
     for t in results:
         by_key.setdefault((t.device, t.out_features, t.in_features), {})[t.method] = t
     methods = [m for m in METHODS if any(m in v for v in by_key.values())]
-    head = "| device | out x in | " + " | ".join(f"{m} s" for m in methods) + " | GPTAQ/GPTQ | ref/GPTQ | peak MB (gptaq) |"
+    head = "| device | out x in | " + " | ".join(f"{m} s" for m in methods) + " | GPTAQ/GPTQ | ref/GPTQ | peak MB (" + " / ".join(methods) + ") |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (dev, o, i), row in by_key.items():
         cells = [f"{row[m].median_s:.3f}" if m in row else "-" for m in methods]
         ratio = f"{row['gptaq'].median_s / row['gptq'].median_s:.2f}" if {"gptaq", "gptq"} <= row.keys() else "-"
         ref = f"{row['reference-gptq'].median_s / row['gptq'].median_s:.2f}" if {"reference-gptq", "gptq"} <= row.keys() else "-"
-        peak = f"{row['gptaq'].peak_mem_mb:.0f}" if "gptaq" in row else "-"
+        peak = " / ".join(f"{row[m].peak_mem_mb:.0f}" for m in methods if m in row)
         lines.append(f"| {dev} | {o}x{i} | " + " | ".join(cells) + f" | {ratio} | {ref} | {peak} |")
     return "\n".join(lines)
 

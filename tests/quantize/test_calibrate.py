@@ -158,3 +158,23 @@ def test_replay_is_bit_identical_to_recomputation(monkeypatch, cfg):
     codes = lambda m: [x.codes for x in m.modules() if isinstance(x, QuantLinear)]  # noqa: E731
     assert all(torch.equal(a, b) for a, b in zip(codes(fast), codes(slow)))
     assert torch.equal(_logits(fast, ids), _logits(slow, ids))
+
+
+def test_offload_gives_the_same_result():
+    ids = token_batch(8, 32)
+    cfg = QuantConfig(group_size=32)
+    kept = quantize_model(tiny_llama(), ids, cfg, progress=False, batch_size=4)
+    offloaded = quantize_model(tiny_llama(), ids, cfg, progress=False, batch_size=4, offload=True, device="cpu")
+    assert torch.equal(_logits(kept, ids), _logits(offloaded, ids))
+
+
+@pytest.mark.gpu
+def test_cuda_calibration_with_offload_matches_cpu_closely():
+    ids = token_batch(8, 32)
+    cfg = QuantConfig(group_size=32)
+    cpu = quantize_model(tiny_llama(), ids, cfg, progress=False)
+    gpu = quantize_model(tiny_llama(), ids, cfg, progress=False, device="cuda", offload=True)
+    assert next(gpu.parameters()).device.type == "cpu"  # the model comes back where it was
+    agree = [(a.codes == b.codes).float().mean().item() for a, b in zip(
+        (m for m in cpu.modules() if isinstance(m, QuantLinear)), (m for m in gpu.modules() if isinstance(m, QuantLinear)))]
+    assert min(agree) > 0.98

@@ -40,6 +40,7 @@ def test_quantize_cli_end_to_end(model_dir, calib_file, tmp_path, capsys):
     assert len(json.loads((out / "quant_log.json").read_text())) == 14
     summary = capsys.readouterr().out
     assert "quantized 14 Linears with gptaq w4 g32" in summary and "group 3 (down_proj)" in summary
+    assert "time: load" in summary and "solver" in summary
 
 
 @pytest.mark.parametrize("extra, message", [
