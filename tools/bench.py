@@ -3,6 +3,10 @@
 Subcommands:
     solver   seconds per layer of RTN / GPTQ / GPTAQ on real layer shapes, GPTAQ/GPTQ ratio,
              peak memory; CPU, and CUDA when present.
+    quality  held-out perplexity of FP / RTN / GPTQ / GPTAQ on SmolLM2-135M (or any LLM),
+             quantization seconds (solver vs the rest) and peak host memory.
+    vit      top-1 of FP / RTN / GPTQ / GPTAQ on a small timm ViT trained on scikit-learn's
+             digits (real scans), at W4A16 / W4A4 / W3A16 / W2A4.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from quantize.cli import ArgumentParser, run_cli, setup_logging
 
 
 def build_parser() -> ArgumentParser:
-    from . import solver_bench
+    from . import quality_bench, solver_bench, vit_bench
 
     parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +32,24 @@ def build_parser() -> ArgumentParser:
     solver.add_argument("--json", metavar="FILE", help="also write the raw timings as JSON")
     solver.add_argument("-v", "--verbose", action="store_true")
     solver.set_defaults(run=solver_bench.main)
+
+    quality = sub.add_parser("quality", help="held-out perplexity of FP / RTN / GPTQ / GPTAQ on a real LLM")
+    quality.add_argument("--model", default=None, help="model to quantize (default: SmolLM2-135M demo)")
+    quality.add_argument("--schemes", nargs="+", default=["w4g128", "w3g128"], help="e.g. w4g128 w3g128 w4 (per channel)")
+    quality.add_argument("--methods", nargs="+", default=list(quality_bench.METHODS), choices=quality_bench.METHODS)
+    quality.add_argument("--nsamples", type=int, default=32)
+    quality.add_argument("--seqlen", type=int, default=512)
+    quality.add_argument("--eval-seqlen", type=int, default=2048)
+    quality.add_argument("--eval-windows", type=int, default=10, help="held-out windows scored (default 10)")
+    quality.add_argument("--act-order", action="store_true")
+    quality.add_argument("--mse-clip", action="store_true")
+    quality.add_argument("--json", metavar="FILE")
+    quality.add_argument("-v", "--verbose", action="store_true")
+    quality.set_defaults(run=quality_bench.main)
+
+    vit = sub.add_parser("vit", help="ViT top-1 after RTN / GPTQ / GPTAQ on real digit images")
+    vit_bench.add_arguments(vit)
+    vit.set_defaults(run=vit_bench.main)
     return parser
 
 
