@@ -21,9 +21,10 @@ def test_vit_bench_prints_table_writes_json_and_caches(tmp_path, capsys):
     assert bench.main(TINY + ["--cache", str(cache), "--json", str(path)]) == 0
     table = capsys.readouterr().out
     lines = [l for l in table.splitlines() if l.startswith("|")]
-    assert lines[0] == "| scheme | FP top-1 | RTN top-1 | GPTQ top-1 | GPTAQ top-1 | RTN s | GPTQ s | GPTAQ s |"
+    assert lines[0] == ("| scheme | FP top-1 | RTN top-1 | GPTQ top-1 | GPTAQ top-1 | RTN KL | GPTQ KL | GPTAQ KL"
+                        " | RTN s | GPTQ s | GPTAQ s |")
     assert [l.split(" | ")[0] for l in lines[2:]] == ["| W4A16", "| W4A4"]
-    assert all(len(l.split("|")) == 10 for l in lines)
+    assert all(len(l.split("|")) == 13 for l in lines)
 
     data = json.loads(path.read_text())
     assert data["dataset"] == {"name": "sklearn load_digits", "train": 128, "test": 100, "calibration": 16,
@@ -32,7 +33,7 @@ def test_vit_bench_prints_table_writes_json_and_caches(tmp_path, capsys):
     assert 0.0 <= data["fp_top1"] <= 1.0
     assert [(r["scheme"], r["method"]) for r in data["results"]] == [
         (s, m) for s in ("W4A16", "W4A4") for m in ("rtn", "gptq", "gptaq")]
-    assert all(0.0 <= r["top1"] <= 1.0 and r["seconds"] > 0 for r in data["results"])
+    assert all(0.0 <= r["top1"] <= 1.0 and r["kl_fp"] >= 0.0 and r["seconds"] > 0 for r in data["results"])
     assert {r["a_bits"] for r in data["results"]} == {16, 4}
     assert len(list(cache.glob("*.safetensors"))) == 1
 
