@@ -45,7 +45,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--a-bits", type=int, default=16, help="activation bits: 16 (off), 8 or 4")
     g.add_argument("--a-sym", action="store_true", help="symmetric activation grid")
     g.add_argument("--a-clip-ratio", type=float, default=0.9)
-    g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot)")
+    g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot; not available yet)")
     g.add_argument("--seed", type=int, default=0)
     d = p.add_argument_group("data")
     d.add_argument("--calib", default=None, help="wikitext2 | c4 | a dataset name | a .txt/.jsonl/.parquet file or dir | an image folder (default: embedded English text)")
@@ -105,9 +105,9 @@ def _calibration(args, config: QuantConfig, loaded, spec):
         return calibration_tokens(CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed), loaded.tokenizer)
     if args.calib is None:
         raise UserError("image models need --calib IMAGE_FOLDER (or a datasets image dataset name)")
-    from .api import _model_image_transform
+    from .api import model_image_transform
 
-    images, _ = load_images(args.calib, _model_image_transform(loaded.model), args.nsamples, args.seed)
+    images, _ = load_images(args.calib, model_image_transform(loaded.model), args.nsamples, args.seed)
     return images
 
 

@@ -69,11 +69,11 @@ def _model_tokenizer(model: nn.Module) -> Any:
 
 def _images_from_dataset(dataset: Any, model: nn.Module) -> torch.Tensor:
     column = "image" if "image" in dataset.column_names else "img"
-    transform = _model_image_transform(model)
+    transform = model_image_transform(model)
     return torch.stack([transform(img.convert("RGB")) for img in dataset[column]])
 
 
-def _model_image_transform(model: nn.Module):
+def model_image_transform(model: nn.Module):
     """The model's own eval preprocessing (timm data config, or the HF image processor)."""
     if hasattr(model, "pretrained_cfg"):
         from timm.data import create_transform, resolve_data_config
@@ -140,9 +140,8 @@ def quantize_model(
     dev = resolve_device(device)
     model.eval()
     if config.rotate:
-        from .rotate import rotate_model
-
-        rotate_model(model, seed=config.seed)
+        # Hadamard rotation (QuaRot) is the next stage of work; refuse rather than ignore it.
+        raise UserError("rotate=True (--rotate) is not available yet: Hadamard rotation is not implemented in this version")
     needs_data = config.uses_data
     data = prepare_calibration(calib, spec, model, tokenizer=tokenizer) if needs_data else None
     if data is not None and data.shape[0] == 0:

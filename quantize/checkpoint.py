@@ -226,9 +226,7 @@ def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "
     spec = spec_by_name(meta["arch"])
     model = _build_float_model(directory, meta, spec)
     if cfg.rotate:
-        from .rotate import prepare_rotated_structure
-
-        prepare_rotated_structure(model, spec, meta["extra"])
+        raise UserError(f"{directory} holds a Hadamard-rotated checkpoint, which this version cannot rebuild")
     tensors = _read_tensors(directory / WEIGHTS)
     dtype = next(model.parameters()).dtype
     for name in meta["quantized_modules"]:

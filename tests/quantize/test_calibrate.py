@@ -108,6 +108,11 @@ def test_unsupported_and_moe_models_are_refused():
         quantize_model(moe, torch.zeros(1, 4, dtype=torch.long), QuantConfig())
 
 
+def test_rotation_is_refused_until_implemented():
+    with pytest.raises(UserError, match="rotate=True .* not available"):
+        quantize_model(tiny_llama(), token_batch(), QuantConfig(rotate=True))
+
+
 def test_wrong_modality_is_refused():
     with pytest.raises(UserError):
         quantize_model(tiny_llama(), torch.randn(2, 3, 32, 32), QuantConfig())
