@@ -71,6 +71,8 @@ def load_model(name: str | None, *, gguf_file: str | None = None, dtype: str = "
         if not path.is_file():
             raise UserError(f"GGUF file {path} does not exist")
         return _load_hf(str(path.parent), gguf_file=path.name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UserError(f"model path {name} does not exist")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is not a model directory, a .gguf file or a hub id")
     if path.is_dir() and gguf_file is None and not (path / "config.json").exists():
