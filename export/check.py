@@ -15,6 +15,7 @@ supported and the alternative.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -97,3 +98,74 @@ def check_model(model: "onnx.ModelProto | str | os.PathLike") -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the exported graph fails the ONNX checker: {first}") from None
+
+
+def _act_quant_spec(nodes_by_prefix: dict[str, list["onnx.NodeProto"]], inits: dict, prefix: str):
+    """The activation quantizer export wrote under ``prefix`` (its Clip bounds give bits and sym)."""
+    from onnx import numpy_helper
+
+    from .scheme import ActQuantSpec
+
+    for node in nodes_by_prefix.get(prefix, []):
+        if node.op_type == "Clip" and len(node.input) == 3 and node.input[1] in inits and node.input[2] in inits:
+            low = float(numpy_helper.to_array(inits[node.input[1]]))
+            high = float(numpy_helper.to_array(inits[node.input[2]]))
+            return ActQuantSpec(bits=max(1, round(math.log2(high - low + 1))), sym=low < 0, clip_ratio=1.0)
+    return ActQuantSpec(bits=4, sym=True, clip_ratio=1.0)
+
+
+def layers_from_onnx(model: "onnx.ModelProto", base_dir: str | os.PathLike | None = None) -> list["LayerScheme"]:
+    """The quantized Linears of an exported graph, read back from its ``DequantizeLinear`` blocks.
+
+    A layer is a ``DequantizeLinear`` whose input is an integer initializer (int4/uint4/int8/uint8);
+    it is symmetric when it has no zero point or an all-zero one, and it has an activation
+    quantizer when the MatMul it feeds reads an ``<layer>/act_quant`` subgraph (written by
+    :mod:`export.qdq`). Lets the capability rules run again on any ``model.onnx`` before an
+    engine is built. ``base_dir`` resolves zero points stored as external data.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    from .scheme import LayerScheme
+
+    bits_of = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.INT8: 8, TensorProto.UINT8: 8}
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    by_prefix: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        if "/act_quant/" in node.name:
+            by_prefix.setdefault(node.name.rsplit("/", 1)[0], []).append(node)
+    layers = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        weight = inits[node.input[0]]
+        if weight.data_type not in bits_of:
+            continue
+        name = node.name.rsplit("/DequantizeLinear", 1)[0] if "/DequantizeLinear" in node.name else node.input[0]
+        symmetric = weight.data_type in (TensorProto.INT4, TensorProto.INT8)
+        if len(node.input) > 2 and node.input[2]:
+            zero = inits.get(node.input[2])
+            values = numpy_helper.to_array(zero, str(base_dir or "")) if zero is not None else None
+            symmetric = values is not None and not values.astype("int64").any()
+        block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+        act = None
+        for mm in consumers.get(node.output[0], []):
+            source = producer.get(mm.input[0]) if mm.input and mm.input[0] != node.output[0] else None
+            if source is not None and "/act_quant/" in source.name:
+                act = _act_quant_spec(by_prefix, inits, source.name.rsplit("/", 1)[0])
+        layers.append(LayerScheme(name, bits_of[weight.data_type], symmetric, act, block or -1))
+    return layers
+
+
+def graph_dtype(model: "onnx.ModelProto") -> str:
+    """``"fp16"`` when every float input and output of the graph is fp16, else ``"fp32"``."""
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.DOUBLE: "fp32", TensorProto.BFLOAT16: "fp32"}
+    kinds = {floats[v.type.tensor_type.elem_type] for v in [*model.graph.input, *model.graph.output]
+             if v.type.tensor_type.elem_type in floats}
+    return "fp16" if kinds == {"fp16"} else "fp32"

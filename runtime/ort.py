@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -82,11 +82,13 @@ class OrtSession(Session):
         threads: intra-op threads (``None``: ORT's default).
         optimized_model_path: write the graph after ORT's optimisations there (inspection).
         optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+        session_config: extra ``SessionOptions.add_session_config_entry`` pairs.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | str | None = None,
                  accuracy_level: int | None = None, threads: int | None = None, *,
-                 optimized_model_path: str | os.PathLike | None = None, optimization: str = "all") -> None:
+                 optimized_model_path: str | os.PathLike | None = None, optimization: str = "all",
+                 session_config: Mapping[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         self.path = resolve_model_path(path)
@@ -106,6 +108,8 @@ class OrtSession(Session):
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
         if optimized_model_path is not None:
             options.optimized_model_filepath = str(optimized_model_path)
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         self.providers = resolve_providers(providers)
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=self.providers)
