@@ -1,4 +1,4 @@
-"""``python -m runtime COMMAND``: run exported models.
+"""``python -m runtime COMMAND``: build and run exported models.
 
 Commands:
     build SRC --backend ort|trt --out DIR [--profile NAME=MIN:OPT:MAX ...]
