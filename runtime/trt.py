@@ -182,11 +182,11 @@ def build_plan(model_path: Path, plan_path: Path, config: "BuildConfig", shapes:
             profile.set_shape(name, tuple(low), tuple(opt), tuple(high))
         bconfig.add_optimization_profile(profile)
     cache_path = Path(config.timing_cache) if config.timing_cache else None
-    cache_loaded = False
+    cache, cache_loaded = None, False
     if cache_path is not None:
         data = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = bconfig.create_timing_cache(data)
-        if not bconfig.set_timing_cache(cache, ignore_mismatch=False):
+        if not bconfig.set_timing_cache(cache, False):
             raise UserError(f"timing cache {cache_path} does not fit this TensorRT / GPU; delete it or pass another file")
         cache_loaded = bool(data)
     serialized = builder.build_serialized_network(network, bconfig)
@@ -194,9 +194,9 @@ def build_plan(model_path: Path, plan_path: Path, config: "BuildConfig", shapes:
         reason = next((e for e in errors if e), "no reason given; rerun with --verbose for TensorRT's log")
         raise UserError(f"TensorRT could not build {model_path.name}: {reason}")
     write_bytes(plan_path, bytes(serialized))
-    if cache_path is not None:
+    if cache is not None:  # the build added its new timings to the cache object
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(cache_path, bytes(bconfig.get_timing_cache().serialize()))
+        write_bytes(cache_path, bytes(cache.serialize()))
     return {
         "environment": environment,
         "flags": {"strongly_typed": strongly, "fp16": fp16_flag,
