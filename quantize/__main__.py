@@ -45,7 +45,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--a-bits", type=int, default=16, help="activation bits: 16 (off), 8 or 4")
     g.add_argument("--a-sym", action="store_true", help="symmetric activation grid")
     g.add_argument("--a-clip-ratio", type=float, default=0.9)
-    g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot; not available yet)")
+    g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot: RMSNorm decoders; adds online Hadamards before o_proj and down_proj)")
     g.add_argument("--seed", type=int, default=0)
     d = p.add_argument_group("data")
     d.add_argument("--calib", default=None, help="wikitext2 | c4 | a dataset name | a .txt/.jsonl/.parquet file or dir | an image folder (default: embedded English text)")
@@ -120,10 +120,13 @@ def _summary(model, out: Path, seconds: dict[str, float]) -> str:
         names[entry["group"]].add(entry["name"].rsplit(".", 1)[-1])
     peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     solve = sum(entry["seconds"] for entry in state.log)
+    rotation = state.extra.get("rotation", {}).get("seconds", 0.0)
+    acts = f"a{state.config.a_bits} " if state.config.quantizes_activations else ""
     lines = [f"quantized {len(state.log)} Linears with {state.config.method} w{state.config.w_bits} "
-             f"g{state.config.group_size} -> {out}",
+             f"g{state.config.group_size} {acts}{'rotated ' if state.config.rotate else ''}-> {out}",
              f"time: load {seconds['load']:.1f} s, quantize {seconds['quantize']:.1f} s "
-             f"(solver {solve:.1f} s, forward passes and statistics {seconds['quantize'] - solve:.1f} s), "
+             f"({f'rotation {rotation:.1f} s, ' if state.config.rotate else ''}solver {solve:.1f} s, "
+             f"forward passes and statistics {seconds['quantize'] - solve - rotation:.1f} s), "
              f"save {seconds['save']:.1f} s",
              f"peak host memory {peak_host:.0f} MB"]
     if torch.cuda.is_available():

@@ -132,6 +132,9 @@ def quantize_model(
         tokenizer: used when ``calib`` is text.
         batch_size: calibration samples per forward.
 
+    With ``config.rotate`` the model is Hadamard-rotated first (:func:`quantize.rotate.rotate_model`,
+    seeded by ``config.seed``); its LM head is then untied from the embedding.
+
     Returns:
         The same model, its block Linears replaced by fake-quantized
         :class:`~quantize.qmodel.QuantLinear` modules, carrying ``model.quant_state``.
@@ -140,8 +143,10 @@ def quantize_model(
     dev = resolve_device(device)
     model.eval()
     if config.rotate:
-        # Hadamard rotation (QuaRot) is the next stage of work; refuse rather than ignore it.
-        raise UserError("rotate=True (--rotate) is not available yet: Hadamard rotation is not implemented in this version")
+        from .rotate import check_rotatable, rotate_model
+
+        check_rotatable(spec)
+        rotate_model(model, seed=config.seed)
     needs_data = config.uses_data
     data = prepare_calibration(calib, spec, model, tokenizer=tokenizer) if needs_data else None
     if data is not None and data.shape[0] == 0:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from .errors import UserError
+from .qmodel import QuantLinear
 
 Group = tuple[str, ...]
 
@@ -38,6 +39,8 @@ class ArchSpec:
         final_norm: path of the norm before the head (rotation).
         attn_norm, mlp_norm: block-relative norms feeding the first and third group (rotation).
         attn_in, attn_out, mlp_in, mlp_out: block-relative Linears for rotation.
+        attn_v: block-relative value projection (rotation folds a per-head Hadamard into its
+            output and ``attn_out``'s input).
         replay: ``(submodule, linear, returns_tuple)``: in eval mode the submodule's output
             is ``linear(linear's input)`` (first tuple element when ``returns_tuple``). Once
             that input is final, the walker replays the submodule from the cached input instead
@@ -61,11 +64,13 @@ class ArchSpec:
     attn_out: str | None = None
     mlp_in: Group = ()
     mlp_out: str | None = None
+    attn_v: str | None = None
     replay: tuple[tuple[str, str, bool], ...] = ()
 
     def group_members(self, block: nn.Module) -> list[list[str]]:
         """The groups' Linear names that exist in ``block`` (each group non-empty)."""
-        present = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        # QuantLinear too: a rotated model's online-Hadamard Linears are wrapped before calibration.
+        present = {n for n, m in block.named_modules() if isinstance(m, (nn.Linear, QuantLinear))}
         resolved = [[n for n in group if n in present] for group in self.groups]
         missing = [group for group, names in zip(self.groups, resolved) if not names]
         if missing:
@@ -93,6 +98,7 @@ _DECODER = dict(
     attn_out="self_attn.o_proj",
     mlp_in=("mlp.up_proj", "mlp.gate_proj"),
     mlp_out="mlp.down_proj",
+    attn_v="self_attn.v_proj",
     replay=(("self_attn", "self_attn.o_proj", True), ("mlp", "mlp.down_proj", False)),
 )
 

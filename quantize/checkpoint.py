@@ -129,7 +129,10 @@ def hf_quantization_config(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
         "pack_dtype": "int32",
         "lm_head": False,
         "modules_in_block_to_quantize": [list(g) for g in spec.groups],
-        "meta": {"quantizer": ["gptaq-deploy"], "method": cfg.method, "alpha": cfg.alpha},
+        # A rotated model needs its online Hadamards (quant_config.json) and W4A4 its activation
+        # quantizers: weight-only GPTQ readers load the tensors but not those.
+        "meta": {"quantizer": ["gptaq-deploy"], "method": cfg.method, "alpha": cfg.alpha,
+                 "rotation": "hadamard" if cfg.rotate else None, "act_bits": cfg.a_bits},
     }
 
 
@@ -226,7 +229,12 @@ def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "
     spec = spec_by_name(meta["arch"])
     model = _build_float_model(directory, meta, spec)
     if cfg.rotate:
-        raise UserError(f"{directory} holds a Hadamard-rotated checkpoint, which this version cannot rebuild")
+        from .rotate import attach_online_hadamards
+
+        rotation = meta.get("extra", {}).get("rotation")
+        if not rotation:
+            raise UserError(f"{directory} is marked rotated but records no rotation (quant_config.json extra.rotation)")
+        attach_online_hadamards(model, rotation)
     tensors = _read_tensors(directory / WEIGHTS)
     dtype = next(model.parameters()).dtype
     for name in meta["quantized_modules"]:

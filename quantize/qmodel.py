@@ -1,7 +1,7 @@
 """Quantized modules: ``QuantLinear`` (fake-quantized weight + optional activation quantizer).
 
 ``QuantLinear.forward`` computes exactly what deployment computes: the input passes the
-activation quantizer (dynamic per-token, off when ``a_bits == 16``), then a matmul with the
+optional online transform (a rotated model's Hadamard), then the activation quantizer (dynamic per-token, off when ``a_bits == 16``), then a matmul with the
 dequantized weight ``scale * (code - zero)`` held in the model's dtype. The integer codes,
 scales, zeros and ``g_idx`` are kept beside it for saving and export.
 """
@@ -48,7 +48,10 @@ class QuantLinear(nn.Module):
         weight: ``[out, in]`` parameter in the model dtype; the dequantized weight once
             :meth:`set_quantized` ran, the original weight before.
         bias: ``[out]`` or ``None`` (kept in full precision).
-        input_quant: :class:`ActivationQuantizer` applied to the input.
+        input_transform: optional module applied to the input before the quantizer (the
+            online Hadamard of a rotated model, :class:`~quantize.hadamard.OnlineHadamard`);
+            ``weight`` then already holds ``W T``.
+        input_quant: :class:`ActivationQuantizer` applied to the (transformed) input.
         codes: ``[out, in]`` uint8, scales ``[out, groups]`` fp32, zeros ``[out, groups]``
             int64, g_idx ``[in]`` int64 — ``None`` until quantized (non-persistent buffers:
             the checkpoint stores them in the GPTQ layout instead).
@@ -61,6 +64,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
+        self.input_transform: nn.Module | None = None
         self.input_quant = ActivationQuantizer()
         self.bits, self.group_size, self.sym = 16, -1, True
         for name in ("codes", "scales", "zeros", "g_idx"):
@@ -77,6 +81,7 @@ class QuantLinear(nn.Module):
         q.bias = linear.bias
         if q.bias is not None:
             q.bias.requires_grad_(False)
+        q.input_transform = None
         q.input_quant = ActivationQuantizer()
         q.bits, q.group_size, q.sym = 16, -1, True
         for name in ("codes", "scales", "zeros", "g_idx"):
@@ -101,6 +106,8 @@ class QuantLinear(nn.Module):
         self.bits, self.group_size, self.sym = bits, group_size, sym
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
         return F.linear(self.input_quant(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -108,9 +108,27 @@ def test_unsupported_and_moe_models_are_refused():
         quantize_model(moe, torch.zeros(1, 4, dtype=torch.long), QuantConfig())
 
 
-def test_rotation_is_refused_until_implemented():
-    with pytest.raises(UserError, match="rotate=True .* not available"):
-        quantize_model(tiny_llama(), token_batch(), QuantConfig(rotate=True))
+@pytest.mark.parametrize("method,quantized_h", [("gptaq", True), ("gptq", False)])
+def test_activation_quant_order_a_to_w_for_gptaq_w_to_a_for_gptq(monkeypatch, method, quantized_h):
+    """GPTAQ builds H from 4-bit activations (A→W, its FP stream stays float); GPTQ calibrates
+    on float activations and switches the quantizers on afterwards (W→A)."""
+    from quantize.hessian import HessianAccumulator
+
+    seen = []
+    original = HessianAccumulator.add
+
+    def add(self, x, x_fp=None):
+        per_token_levels = max(len(torch.unique(row)) for row in x.reshape(-1, x.shape[-1]))
+        seen.append((per_token_levels, None if x_fp is None else max(len(torch.unique(r)) for r in x_fp.reshape(-1, x_fp.shape[-1]))))
+        return original(self, x, x_fp) if x_fp is not None else original(self, x)
+
+    monkeypatch.setattr(HessianAccumulator, "add", add)
+    model = quantize_model(tiny_llama(), token_batch(8, 32), QuantConfig(method=method, group_size=32, a_bits=4), progress=False)
+    assert seen
+    assert all((levels <= 16) == quantized_h for levels, _ in seen), seen[:4]
+    if method == "gptaq":
+        assert all(fp_levels > 16 for _, fp_levels in seen)  # the FP stream is not quantized
+    assert all(m.input_quant.active for m in model.modules() if isinstance(m, QuantLinear))
 
 
 def test_wrong_modality_is_refused():

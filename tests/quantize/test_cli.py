@@ -43,6 +43,16 @@ def test_quantize_cli_end_to_end(model_dir, calib_file, tmp_path, capsys):
     assert "time: load" in summary and "solver" in summary
 
 
+def test_rotated_w4a4_cli_records_rotation(model_dir, calib_file, tmp_path, capsys):
+    out = tmp_path / "rot"
+    assert cli(base_args(model_dir, calib_file, out) + ["--rotate", "--a-bits", "4"]) == 0
+    meta = json.loads((out / "quant_config.json").read_text())
+    assert meta["quant_config"]["rotate"] and meta["quant_config"]["a_bits"] == 4
+    assert sorted(meta["extra"]["rotation"]["online"]) == [f"model.layers.{i}.{m}" for i in range(2)
+                                                           for m in ("mlp.down_proj", "self_attn.o_proj")]
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--w-bits", "9"], "QuantConfig.w_bits=9 is invalid: expected an integer in 2..8"),
     (["--group-size", "100"], "QuantConfig.group_size=100 is invalid"),
