@@ -137,7 +137,7 @@ def quant_weights(model, a_bits: int | None = None) -> list[QuantWeight]:
 # ---------------------------------------------------------------------------------------
 
 
-def _scopes(node: onnx.NodeProto) -> list[str]:
+def node_scopes(node: onnx.NodeProto) -> list[str]:
     for p in node.metadata_props:
         if p.key == NAME_SCOPES:
             try:
@@ -192,7 +192,7 @@ def _find_matmul(g: _Graph, qw: QuantWeight, expected_kn: np.ndarray, scope: str
         transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
         if node.op_type == "Gemm" and any(a.name == "transA" and a.i == 1 for a in node.attribute):
             continue
-        in_scope = scope in _scopes(node)
+        in_scope = scope in node_scopes(node)
         if in_scope:
             by_scope.append(i)
         if _weight_matches(g.inits[node.input[1]], expected_kn, transposed):

@@ -321,6 +321,26 @@ def _clean_metadata(model) -> None:
             node.metadata_props.add(key=k, value=v)
 
 
+def _name_by_module(model) -> None:
+    """Give the exporter's anonymous nodes (``node_*``) the name of the module they belong to,
+    ``{module}/{op_type}`` (e.g. ``model.layers.0.mlp.down_proj.input_transform/MatMul``), so
+    profiles and error messages point back to the PyTorch model. Runs after the INT4 rewrite,
+    which names its own nodes; names stay unique and deterministic."""
+    from .qdq import node_scopes
+
+    taken = {n.name for n in model.graph.node}
+    for node in model.graph.node:
+        scopes = node_scopes(node)
+        if not node.name.startswith("node_") or len(scopes) < 2 or not scopes[-2].startswith(SCOPE_PREFIX):
+            continue
+        base = f"{scopes[-2][len(SCOPE_PREFIX):]}/{node.op_type}"
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        node.name = name
+
+
 def _io_spec(values) -> list[dict[str, Any]]:
     from onnx import helper
 
@@ -438,6 +458,7 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
         proto = _trace(plan, config.opset)
     _clean_metadata(proto)
     mapping = rewrite_quantized(proto, weights, dtype=config.dtype, scope_prefix=SCOPE_PREFIX) if weights else {}
+    _name_by_module(proto)
     if len(mapping) != len(layers):
         raise ExportError(f"internal error: {len(layers)} quantized Linears but {len(mapping)} rewritten")
     scheme = scheme_name(layers, config.dtype)

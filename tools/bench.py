@@ -7,6 +7,8 @@ Subcommands:
              quantization seconds (solver vs the rest) and peak host memory.
     vit      top-1 of FP / RTN / GPTQ / GPTAQ on a small timm ViT trained on scikit-learn's
              digits (real scans), at W4A16 / W4A4 / W3A16 / W2A4.
+    rotation held-out perplexity of FP / rotated FP and of RTN / GPTQ / GPTAQ at W4A4 and
+             W4A16 with and without Hadamard rotation; rotation and calibration cost.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from quantize.cli import ArgumentParser, run_cli, setup_logging
 
 
 def build_parser() -> ArgumentParser:
-    from . import quality_bench, solver_bench, vit_bench
+    from . import quality_bench, rotation_bench, solver_bench, vit_bench
 
     parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +52,10 @@ def build_parser() -> ArgumentParser:
     vit = sub.add_parser("vit", help="ViT top-1 after RTN / GPTQ / GPTAQ on real digit images")
     vit_bench.add_arguments(vit)
     vit.set_defaults(run=vit_bench.main)
+
+    rotation = sub.add_parser("rotation", help="what Hadamard rotation buys W4A4 and W4A16 on a real LLM")
+    rotation_bench.add_arguments(rotation)
+    rotation.set_defaults(run=rotation_bench.main)
     return parser
 
 

@@ -17,7 +17,14 @@ SCHEMES = {
     "sym": QuantConfig(method="rtn", group_size=32),
     "asym": QuantConfig(method="rtn", group_size=32, sym=False),
     "w4a4": QuantConfig(method="rtn", group_size=32, a_bits=4),
+    # Hadamard-rotated (online Hadamards before o_proj and down_proj); GPTAQ A->W for W4A4.
+    "rot_w4a4": QuantConfig(method="gptaq", group_size=32, rotate=True, a_bits=4),
+    "rot_w4a16": QuantConfig(method="rtn", group_size=32, rotate=True),
 }
+#: Rotated schemes use a non-power-of-two intermediate size (96 = 12 x 8, a Paley factor) and
+#: tied embeddings (rotation unties them).
+MODEL_KWARGS = {"rot_w4a4": {"intermediate_size": 96, "tie_word_embeddings": True},
+                "rot_w4a16": {"intermediate_size": 96, "tie_word_embeddings": True}}
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +42,8 @@ def checkpoint(workdir):
             if scheme == "fp":
                 made[scheme] = save_tiny_llama(workdir / "fp_llama")
             else:
-                model = quantize_model(tiny_llama(), token_batch(), SCHEMES[scheme], progress=False)
+                model = quantize_model(tiny_llama(**MODEL_KWARGS.get(scheme, {})), token_batch(), SCHEMES[scheme],
+                                       progress=False)
                 made[scheme] = save_quantized(model, workdir / f"ckpt_{scheme}", tokenizer=tiny_tokenizer())
         return made[scheme]
 

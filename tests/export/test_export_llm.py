@@ -61,7 +61,8 @@ def test_graph_passes_checker_and_holds_int4_blocks(exported, reference, scheme,
 
 
 @pytest.mark.parametrize("scheme,fields", [("fp", {"kv_cache": False}), ("sym", {}), ("asym", {"kv_cache": False}),
-                                           ("w4a4", {"kv_cache": False})])
+                                           ("w4a4", {"kv_cache": False}), ("rot_w4a4", {"kv_cache": False}),
+                                           ("rot_w4a16", {})])
 def test_ort_matches_pytorch(exported, reference, llm_feeds, scheme, fields):
     ids = token_batch(2, 11, seed=5).numpy()
     with torch.no_grad():
@@ -69,7 +70,7 @@ def test_ort_matches_pytorch(exported, reference, llm_feeds, scheme, fields):
     with _session(exported(scheme, **fields)) as session:
         got = session.run(llm_feeds(ids, session))["logits"]
     assert got.shape == ref.shape
-    if scheme == "w4a4":
+    if scheme.endswith("w4a4"):
         # Activation rounding is reproduced op for op (test_qdq checks it bit-exact), but a last-bit
         # difference upstream (ORT's fused RMSNorm) may flip a value sitting on a rounding boundary.
         assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
@@ -89,6 +90,55 @@ def test_w4a4_graph_quantizes_activations_per_token(exported):
     assert meta["scheme"]["name"] == "W4A4" and meta["scheme"]["activation_bits"] == [4]
     layers = meta["scheme"]["layers"]
     assert layers["model.layers.0.self_attn.q_proj"]["act_quant"] == layers["model.layers.0.self_attn.v_proj"]["act_quant"]
+
+
+def test_online_hadamard_is_reshape_and_two_small_matmuls(exported):
+    """Rotated W4A4: each online Hadamard is Reshape + MatMul(H_right) + MatMul(H_leftᵀ), never a
+    dense n x n product; the activation quantizer sits between it and the INT4 MatMul."""
+    directory = exported("rot_w4a4", kv_cache=False)
+    model = onnx.load(str(directory / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    hadamard = [n for n in model.graph.node if ".input_transform/" in n.name]
+    matmuls = [n for n in hadamard if n.op_type == "MatMul"]
+    # per block: o_proj across 4 heads (one MatMul), down_proj 96 = 12 x 8 (two MatMuls)
+    assert len(matmuls) == 2 * 3
+    factors = sorted({tuple(inits[i].dims) for n in matmuls for i in n.input if i in inits})
+    assert factors == [(4, 4), (8, 8), (12, 12)]
+    for t in (inits[i] for n in matmuls for i in n.input if i in inits):
+        values = numpy_helper.to_array(t)
+        assert set(np.unique(values)) == {-1.0, 1.0}  # Hadamard entries; the 1/sqrt(n) is a Mul
+    down = next(n for n in model.graph.node if n.name == "model.layers.0.mlp.down_proj/MatMul")
+    chain, node = [], producers[down.input[0]]
+    while ".input_transform/" not in node.name:  # walk back through the activation quantizer
+        chain.append(node.op_type)
+        node = producers[node.input[0]]
+    assert "Round" in chain and "ReduceMax" not in chain  # quant-dequant on the Hadamard output
+
+
+def test_rotated_w4a4_deploys_as_w4a16_for_tensorrt(checkpoint, reference, llm_feeds, tmp_path):
+    """The TensorRT route of a rotated W4A4 model: same rotated weights, no activation quant, fp16."""
+    from export import ExportConfig, export_onnx
+
+    out = export_onnx(checkpoint("rot_w4a4"), tmp_path / "trt", ExportConfig(target="trt", dtype="fp16", a_bits=16))
+    model = onnx.load(str(out / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Round" not in ops and ops.count("DequantizeLinear") == N_LINEARS
+    assert sum(".input_transform/" in n.name and n.op_type == "MatMul" for n in model.graph.node) == 6
+    ref_model = reference("rot_w4a4")
+    ids = token_batch(2, 7, seed=3).numpy()
+    saved = {m: m.input_quant.bits for m in ref_model.modules() if hasattr(m, "input_quant")}
+    try:
+        for m in saved:
+            m.input_quant.bits = 16
+        with torch.no_grad():
+            ref = ref_model(torch.from_numpy(ids)).logits.numpy()
+    finally:
+        for m, bits in saved.items():
+            m.input_quant.bits = bits
+    with _session(out) as session:
+        got = session.run(llm_feeds(ids, session))["logits"].astype(np.float32)
+    assert np.abs(got - ref).max() < 2e-2 * np.abs(ref).max()
 
 
 def test_kv_cache_decode_equals_full_recompute(exported, reference, llm_feeds):
