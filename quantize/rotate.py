@@ -60,9 +60,15 @@ class _Rotation:
         self.signs = random_signs(features, seed)
         self.transform = _online(features, "hidden size")  # runs in its input's dtype (float64 here)
 
-    def right(self, w: torch.Tensor) -> torch.Tensor:
-        """``w Q`` for ``w [*, d]``."""
-        return self.transform(w * self.signs)
+    def right(self, w: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """``w Q`` for ``w [rows, d]`` or ``[d]``, ``chunk`` rows at a time (a 49152-row
+        embedding would otherwise hold several float64 copies at once)."""
+        if w.dim() == 1:
+            return self.transform(w * self.signs)
+        out = torch.empty_like(w)
+        for start in range(0, w.shape[0], chunk):
+            out[start:start + chunk] = self.transform(w[start:start + chunk] * self.signs)
+        return out
 
     def left_t(self, w: torch.Tensor) -> torch.Tensor:
         """``Qᵀ w`` for ``w [d, *]``."""
