@@ -55,6 +55,35 @@ def cache_layout(session: Session) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def empty_cache(session: Session, batch: int) -> dict[str, np.ndarray]:
+    """Past-length-0 cache feeds ``{past name: zeros [batch, kv_heads, 0, head_dim]}`` (``{}`` without cache)."""
+    specs = session.input_metadata()
+    past = {}
+    for name, _ in cache_layout(session) or []:
+        spec = specs[name]
+        heads, head_dim = spec.shape[1], spec.shape[3]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            raise UserError(f"{name} needs static head and head_dim dimensions, got {spec.describe()}")
+        past[name] = np.zeros((batch, heads, 0, head_dim), dtype=spec.dtype)
+    return past
+
+
+def sequence_logits(session: Session, input_ids: np.ndarray) -> np.ndarray:
+    """Logits ``[B, S, V]`` (the graph's float type) of one full forward over ``input_ids [B, S]`` int64.
+
+    With a KV cache the sequence runs as a prefill from an empty cache; without one as is.
+    No padding: every row is ``S`` real tokens.
+    """
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise UserError(f"input_ids must be [batch, sequence] with at least one token, got shape {list(ids.shape)}")
+    mask = np.ones_like(ids)
+    feeds = {"input_ids": ids, "attention_mask": mask, **empty_cache(session, ids.shape[0])}
+    if "position_ids" in session.input_metadata():
+        feeds["position_ids"] = _positions(mask)
+    return session.run(feeds)["logits"]
+
+
 def _positions(mask: np.ndarray) -> np.ndarray:
     pos = np.cumsum(mask, axis=1) - 1
     return np.where(mask == 0, 1, pos).astype(np.int64)
@@ -93,14 +122,7 @@ def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], 
     done = np.zeros(batch, dtype=bool)
     new: list[np.ndarray] = []
     result = GenerationResult(ids, np.zeros((batch, 0), np.int64))
-    past: dict[str, np.ndarray] = {}
-    if layout is not None:
-        for name, _ in layout:
-            spec = specs[name]
-            heads, head_dim = spec.shape[1], spec.shape[3]
-            if not isinstance(heads, int) or not isinstance(head_dim, int):
-                raise UserError(f"{name} needs static head and head_dim dimensions, got {spec.describe()}")
-            past[name] = np.zeros((batch, heads, 0, head_dim), dtype=spec.dtype)
+    past = empty_cache(session, batch) if layout is not None else {}
     step_ids, full_ids, full_mask = ids, ids, mask
     for step in range(max_new_tokens):
         start = time.perf_counter()

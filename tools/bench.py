@@ -9,6 +9,8 @@ Subcommands:
              digits (real scans), at W4A16 / W4A4 / W3A16 / W2A4.
     rotation held-out perplexity of FP / rotated FP and of RTN / GPTQ / GPTAQ at W4A4 and
              W4A16 with and without Hadamard rotation; rotation and calibration cost.
+    fidelity ONNX Runtime vs PyTorch fake-quant on the same quantized model: relative logit
+             error, top-1 agreement, perplexity (LLM) or top-1 (ViT).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from quantize.cli import ArgumentParser, run_cli, setup_logging
 
 
 def build_parser() -> ArgumentParser:
-    from . import quality_bench, rotation_bench, solver_bench, vit_bench
+    from . import fidelity_bench, quality_bench, rotation_bench, solver_bench, vit_bench
 
     parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +58,10 @@ def build_parser() -> ArgumentParser:
     rotation = sub.add_parser("rotation", help="what Hadamard rotation buys W4A4 and W4A16 on a real LLM")
     rotation_bench.add_arguments(rotation)
     rotation.set_defaults(run=rotation_bench.main)
+
+    fidelity = sub.add_parser("fidelity", help="ONNX Runtime vs PyTorch on the same quantized model")
+    fidelity_bench.add_arguments(fidelity)
+    fidelity.set_defaults(run=fidelity_bench.main)
     return parser
 
 

@@ -16,12 +16,14 @@ scheme, using GPTAQ's ViT settings: per-channel asymmetric weights with MSE clip
 Calibration: ``--calib`` seeded training images. Top-1 is measured on the test split, with
 the mean KL divergence of the quantized model's test predictions from the FP model's: digits
 are easy, so top-1 moves by few images (1 image = 0.2%, and the thread count alone changes a
-few predictions) while the KL still separates RTN / GPTQ / GPTAQ.
+few predictions) while the KL still separates RTN / GPTQ / GPTAQ. ``--onnx`` also exports each
+quantized model and scores it in ONNX Runtime (top-1 and agreement with PyTorch).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,6 +90,8 @@ class Result:
     top1: float
     kl_fp: float  # mean KL(FP || quantized) of the test predictions: finer than top-1 on an easy task
     seconds: float
+    top1_ort: float | None = None  # --onnx: the exported model in ONNX Runtime (accuracy_level 1)
+    ort_agreement: float | None = None  # --onnx: fraction of test images where ORT and PyTorch agree
 
 
 def parse_scheme(text: str) -> Scheme:
@@ -236,7 +240,8 @@ def kl_to_fp(fp_logits, logits) -> float:
     return F.kl_div(logits.log_softmax(-1), fp_logits.log_softmax(-1), log_target=True, reduction="batchmean").item()
 
 
-def quantize_and_score(model, method: str, scheme: Scheme, calib, x_test, y_test, fp_logits, seed: int) -> Result:
+def quantize_and_score(model, method: str, scheme: Scheme, calib, x_test, y_test, fp_logits, seed: int,
+                       onnx: bool = False) -> Result:
     from quantize import quantize_model
     from quantize.evaluate import predict_logits
 
@@ -246,11 +251,31 @@ def quantize_and_score(model, method: str, scheme: Scheme, calib, x_test, y_test
     seconds = time.perf_counter() - start
     logits = predict_logits(qmodel, x_test, batch_size=250)
     top1 = (logits.argmax(-1) == y_test).double().mean().item()
-    return Result(scheme.name, scheme.w_bits, scheme.a_bits, method, top1, kl_to_fp(fp_logits, logits), seconds)
+    result = Result(scheme.name, scheme.w_bits, scheme.a_bits, method, top1, kl_to_fp(fp_logits, logits), seconds)
+    if not onnx:
+        return result
+    ort_logits = onnx_logits(qmodel, x_test)
+    return dataclasses.replace(result, top1_ort=(ort_logits.argmax(-1) == y_test).double().mean().item(),
+                               ort_agreement=(ort_logits.argmax(-1) == logits.argmax(-1)).double().mean().item())
+
+
+def onnx_logits(model, images):
+    """Logits ``[n, classes]`` fp32 of ``model`` exported to ONNX (fp32 graph) and run by ORT at accuracy level 1."""
+    import tempfile
+
+    import torch
+
+    from export import ExportConfig, export_onnx
+    from runtime.ort import OrtSession
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, Path(tmp) / "onnx", ExportConfig())
+        with OrtSession(Path(tmp) / "onnx" / "model.onnx", accuracy_level=1) as session:
+            return torch.from_numpy(session.run({"pixel_values": images.numpy()})["logits"]).float()
 
 
 def run_benchmark(settings: BenchSettings, schemes: Sequence[Scheme], methods: Sequence[str],
-                  cache: Path | None) -> dict[str, Any]:
+                  cache: Path | None, onnx: bool = False) -> dict[str, Any]:
     import torch
 
     from quantize.evaluate import predict_logits, top1_accuracy
@@ -267,7 +292,7 @@ def run_benchmark(settings: BenchSettings, schemes: Sequence[Scheme], methods: S
     results = []
     for scheme in schemes:
         for method in methods:
-            results.append(quantize_and_score(model, method, scheme, calib, x_test, y_test, fp_logits, settings.seed))
+            results.append(quantize_and_score(model, method, scheme, calib, x_test, y_test, fp_logits, settings.seed, onnx))
             r = results[-1]
             print(f"  {r.scheme:6s} {r.method:5s} top-1 {100 * r.top1:6.2f}%  KL {r.kl_fp:.5f}  {r.seconds:6.2f} s",
                   file=sys.stderr, flush=True)
@@ -304,6 +329,11 @@ def format_table(report: dict[str, Any]) -> str:
         kls = [f"{row[m]['kl_fp']:.5f}" if m in row else "-" for m in methods]
         secs = [f"{row[m]['seconds']:.2f}" if m in row else "-" for m in methods]
         lines.append(f"| {scheme} | {fp} | " + " | ".join(acc + kls + secs) + " |")
+    ort = [r for r in report["results"] if r.get("top1_ort") is not None]
+    if ort:
+        lines += ["", "| scheme | method | top-1 PyTorch | top-1 ORT | ORT/PyTorch top-1 agreement |", "|---|---|---|---|---|"]
+        lines += [f"| {r['scheme']} | {r['method'].upper()} | {100 * r['top1']:.2f} | {100 * r['top1_ort']:.2f} | "
+                  f"{100 * r['ort_agreement']:.2f} % |" for r in ort]
     return "\n".join(lines)
 
 
@@ -326,6 +356,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heads", type=int, default=BenchSettings.num_heads, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="split, training and calibration seed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export each quantized model and score it in ONNX Runtime (fidelity to PyTorch)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -359,7 +391,7 @@ def _run(args, schemes: list[Scheme]) -> int:
                              depth=args.depth, num_heads=args.heads, epochs=args.epochs, test_size=args.test_size,
                              train_limit=args.train_limit, calib=args.calib, seed=args.seed)
     cache = None if args.no_cache else Path(args.cache)
-    report = run_benchmark(settings, schemes, args.methods, cache)
+    report = run_benchmark(settings, schemes, args.methods, cache, args.onnx)
     print(format_table(report))
     train = report["train"]
     print(f"\nFP: {100 * report['fp_top1']:.2f}% test / {100 * train['train_top1']:.2f}% train top-1; "

@@ -42,6 +42,20 @@ def test_vit_bench_prints_table_writes_json_and_caches(tmp_path, capsys):
     again = json.loads(path.read_text())
     assert again["train"]["cached"] is True and again["fp_top1"] == data["fp_top1"]
     assert [(r["scheme"], r["method"]) for r in again["results"]] == [("W4A16", "rtn")]
+    assert again["results"][0]["top1_ort"] is None
+
+
+def test_vit_bench_onnx_scores_the_export_in_ort(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "vit.json"
+    args = TINY + ["--no-cache", "--json", str(path), "--methods", "gptaq", "--onnx"]
+    assert bench.main(args) == 0
+    assert "| W4A4 | GPTAQ |" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["results"]
+    assert [r["scheme"] for r in rows] == ["W4A16", "W4A4"]
+    # W4A16 is exact to float rounding; W4A4's rounding of activations may flip a borderline image.
+    assert rows[0]["ort_agreement"] == 1.0 and rows[0]["top1_ort"] == rows[0]["top1"]
+    assert rows[1]["ort_agreement"] >= 0.97
 
 
 def test_bad_scheme_is_one_line_exit_2(capsys):
