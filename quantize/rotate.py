@@ -60,15 +60,9 @@ class _Rotation:
         self.signs = random_signs(features, seed)
         self.transform = _online(features, "hidden size")  # runs in its input's dtype (float64 here)
 
-    def right(self, w: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """``w Q`` for ``w [rows, d]`` or ``[d]``, ``chunk`` rows at a time (a 49152-row
-        embedding would otherwise hold several float64 copies at once)."""
-        if w.dim() == 1:
-            return self.transform(w * self.signs)
-        out = torch.empty_like(w)
-        for start in range(0, w.shape[0], chunk):
-            out[start:start + chunk] = self.transform(w[start:start + chunk] * self.signs)
-        return out
+    def right(self, w: torch.Tensor) -> torch.Tensor:
+        """``w Q`` for ``w [rows, d]`` or ``[d]`` (rows are independent: see :func:`_update_rows`)."""
+        return self.transform(w * self.signs)
 
     def left_t(self, w: torch.Tensor) -> torch.Tensor:
         """``Qᵀ w`` for ``w [d, *]``."""
@@ -94,6 +88,18 @@ def _update(param: torch.Tensor, fn) -> None:
     param.data = fn(param.data.to(torch.float64)).to(dtype=param.dtype, device=param.device).contiguous()
 
 
+def _update_rows(param: torch.Tensor, fn, chunk: int = 4096) -> None:
+    """:func:`_update` for an ``fn`` acting on each row alone, ``chunk`` rows at a time.
+
+    The embedding and head (``[vocab, hidden]``, 49152 rows in SmolLM2) would otherwise hold
+    several float64 copies of themselves at once, the peak of the whole rotation.
+    """
+    data = param.data
+    for start in range(0, data.shape[0], chunk):
+        rows = data[start:start + chunk]
+        rows.copy_(fn(rows.to(torch.float64)))
+
+
 def _untie_head(model: nn.Module, spec: ArchSpec) -> None:
     head, embedding = get_module(model, spec.head), get_module(model, spec.embedding)
     if head.weight is embedding.weight or head.weight.data_ptr() == embedding.weight.data_ptr():
@@ -114,7 +120,7 @@ def _fuse_norm(norm: nn.Module, linears: list[nn.Module], path: str) -> None:
     _check_rms_norm(norm, path)
     gain = norm.weight.data.to(torch.float64)
     for linear in linears:
-        _update(linear.weight, lambda w: w * gain)
+        _update_rows(linear.weight, lambda w: w * gain)
     norm.weight.data.fill_(1.0)
 
 
@@ -198,8 +204,8 @@ def rotate_model(model: nn.Module, seed: int = 0) -> nn.Module:
     _untie_head(model, spec)
     head = get_module(model, spec.head)
     _fuse_norm(get_module(model, spec.final_norm), [head], spec.final_norm)
-    _update(get_module(model, spec.embedding).weight, rot.right)
-    _update(head.weight, rot.right)
+    _update_rows(get_module(model, spec.embedding).weight, rot.right)
+    _update_rows(head.weight, rot.right)
     online: dict[str, dict[str, Any]] = {}
     for i, block in enumerate(blocks):
         _rotate_block(block, spec, rot, geometry, f"{spec.blocks}.{i}", online)
