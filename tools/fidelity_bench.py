@@ -110,7 +110,9 @@ def llm_fidelity(checkpoint: Path, export_dir: Path, *, accuracy_level: int, eva
             cand = sequence_logits(session, ids[None].numpy())[0]
             results.append(compare_window(ref, cand, ids.numpy()))
     summary = summarize(results)
-    return {"checkpoint": str(checkpoint), "export": str(export_dir), "scheme": meta.get("scheme"),
+    scheme = meta.get("scheme")
+    return {"checkpoint": str(checkpoint), "export": str(export_dir),
+            "scheme": scheme.get("name") if isinstance(scheme, dict) else scheme,
             "accuracy_level": accuracy_level, "eval_seqlen": eval_seqlen, **summary,
             "onnx_mb": _onnx_megabytes(export_dir)}
 
