@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from quantize.errors import UserError
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """``"128,512"`` -> ``(128, 512)`` (an argparse type: a bad value is argparse's one-line error)."""
     try:
         return tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError:
-        raise UserError(f"{text!r} is not a list of integers (e.g. 128,512)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers (e.g. 128,512)") from None
 
 
 def add_arguments(p) -> None:
@@ -19,9 +21,9 @@ def add_arguments(p) -> None:
                    help="ONNX file, export dir, ORT / TensorRT build dir or plan (label defaults to its name)")
     p.add_argument("--baseline", default=None, metavar="[LABEL=]ARTIFACT",
                    help="the FP artifact speedups are relative to (FP16 on GPU; on CPU FP32)")
-    p.add_argument("--prompt-lengths", type=_ints, default=(128, 512), metavar="L,..", help="prefill prompt lengths (default 128,512)")
-    p.add_argument("--cache-lengths", type=_ints, default=(128, 512), metavar="C,..", help="decode cache lengths (default 128,512)")
-    p.add_argument("--batch-sizes", type=_ints, default=(1,), metavar="B,..", help="batch sizes (default 1)")
+    p.add_argument("--prompt-lengths", type=int_list, default=(128, 512), metavar="L,..", help="prefill prompt lengths (default 128,512)")
+    p.add_argument("--cache-lengths", type=int_list, default=(128, 512), metavar="C,..", help="decode cache lengths (default 128,512)")
+    p.add_argument("--batch-sizes", type=int_list, default=(1,), metavar="B,..", help="batch sizes (default 1)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per artifact and shape (default 3)")
     p.add_argument("--iterations", type=int, default=20, help="timed rounds per shape (default 20)")
     p.add_argument("--backend", choices=("ort", "trt"), default=None, help="default: what the artifacts are")

@@ -415,7 +415,7 @@ def format_summary(config: PipelineConfig, results: list[StageResult]) -> str:
 
 
 def build_parser(prog: str = "python -m tools pipeline") -> ArgumentParser:
-    from tools.latency_cli import _ints
+    from tools.latency_cli import int_list
 
     p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                        epilog="Exit codes: 0 pass, 1 the validate gate failed, 2 bad input or error.")
@@ -440,9 +440,9 @@ def build_parser(prog: str = "python -m tools pipeline") -> ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--accuracy-level", type=int, choices=range(5), default=None,
                    help="ORT MatMulNBits accuracy level of the builds (default: ORT's, 4 = int8 activations)")
-    p.add_argument("--prompt-lengths", type=_ints, default=(128, 512))
-    p.add_argument("--cache-lengths", type=_ints, default=(128, 512))
-    p.add_argument("--batch-sizes", type=_ints, default=(1,))
+    p.add_argument("--prompt-lengths", type=int_list, default=(128, 512))
+    p.add_argument("--cache-lengths", type=int_list, default=(128, 512))
+    p.add_argument("--batch-sizes", type=int_list, default=(1,))
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--no-memory", action="store_true", help="skip the bench's peak-memory runs")
