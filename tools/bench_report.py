@@ -78,35 +78,40 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """``bench.png``: median latency per shape (log scale, p90 whiskers) and speedup vs the baseline."""
+    """``bench.png``: median latency per shape (log scale, p90 whiskers, values on the bars) and the
+    speedup of every non-baseline artifact vs the baseline, device and baseline in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     merged = "sources" in report
     series: dict[str, list[dict[str, Any]]] = {}
     for r in report["results"]:
-        key = f"{r['source']} · {r['artifact']}" if merged else r["artifact"]
-        series.setdefault(key, []).append(r)
+        series.setdefault(f"{r['source']} · {r['artifact']}" if merged else r["artifact"], []).append(r)
     shapes = list(dict.fromkeys(r["shape"] for r in report["results"]))
-    has_speedup = any(r.get("speedup") for r in report["results"])
-    fig, axes = plt.subplots(1, 2 if has_speedup else 1, figsize=(12 if has_speedup else 7, 4.8), squeeze=False)
-    width = 0.8 / max(1, len(series))
-    for i, (name, rows) in enumerate(series.items()):
-        by_shape = {r["shape"]: r for r in rows}
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(shapes))]
-        med = [by_shape[s]["median_ms"] if s in by_shape else 0 for s in shapes]
-        err = [max(0.0, by_shape[s]["p90_ms"] - by_shape[s]["median_ms"]) if s in by_shape else 0 for s in shapes]
-        axes[0][0].bar(xs, med, width, yerr=[[0] * len(err), err], capsize=2, label=name)
-        if has_speedup:
-            spd = [by_shape[s].get("speedup") or 0 for s in shapes]
-            axes[0][1].bar(xs, spd, width, label=name)
-    _axis(axes[0][0], shapes, "median latency, ms (log; whisker = p90)", log=True)
-    axes[0][0].legend(fontsize=8)
-    if has_speedup:
-        _axis(axes[0][1], shapes, f"speedup vs {report.get('baseline') or 'baseline'} (x)")
-        axes[0][1].axhline(1.0, color="black", linewidth=0.8)
+    speed = {k: v for k, v in series.items() if any(r.get("speedup") and r["speedup"] != 1.0 for r in v)}
+    fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(12 if speed else 7, 4.8), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: cycle[i % len(cycle)] for i, name in enumerate(series)}  # same colour in both panels
+    lat = axes[0][0]
+    _bars(lat, series, shapes, "median_ms", "{:.3g}", colors, whisker=True)
+    positive = [r["median_ms"] for r in report["results"] if r["median_ms"] > 0]
+    lat.set_yscale("log")
+    lat.set_ylim(bottom=min(positive) / 3, top=max(r["p90_ms"] for r in report["results"]) * 3)
+    lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # Label the 2x and 5x minor ticks too: a narrow range may hold no power of ten at all.
+    lat.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    _axis(lat, shapes, "median latency per run, ms (log scale; whisker: p90)")
+    lat.legend(fontsize=8)
+    if speed:
+        ax = axes[0][1]
+        _bars(ax, speed, shapes, "speedup", "{:.2f}x", colors)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_ylim(0, max(r["speedup"] for rows in speed.values() for r in rows if r.get("speedup")) * 1.2)
+        _axis(ax, shapes, f"speedup vs {report.get('baseline') or 'baseline'} (x, higher is faster)")
+        ax.legend(fontsize=8)
     title = report["device"] if not merged else " vs ".join(s["device"] for s in report["sources"])
     note = report.get("baseline_note") or ""
     fig.suptitle(f"Latency vs FP baseline — {title}" + (f"\n{note}" if note else ""), fontsize=10)
@@ -117,12 +122,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def _axis(ax, shapes: list[str], ylabel: str, log: bool = False) -> None:
+def _bars(ax, series: dict[str, list[dict[str, Any]]], shapes: list[str], key: str, fmt: str,
+          colors: dict[str, str], whisker: bool = False) -> None:
+    """Grouped bars of ``key`` per shape, one colour per series, each labelled with its value."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, rows) in enumerate(series.items()):
+        by_shape = {r["shape"]: r for r in rows}
+        present = [j for j, s in enumerate(shapes) if s in by_shape and by_shape[s].get(key)]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in present]
+        values = [by_shape[shapes[j]][key] for j in present]
+        err = None
+        if whisker:
+            err = [[0] * len(present), [max(0.0, by_shape[shapes[j]]["p90_ms"] - by_shape[shapes[j]]["median_ms"])
+                                        for j in present]]
+        bars = ax.bar(xs, values, width, yerr=err, capsize=2, label=name, color=colors[name])
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7, padding=2)
+
+
+def _axis(ax, shapes: list[str], ylabel: str) -> None:
     ax.set_xticks(range(len(shapes)))
     ax.set_xticklabels(shapes, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
 
 
