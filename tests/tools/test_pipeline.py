@@ -90,3 +90,12 @@ def test_trt_backend_without_tensorrt_exits_2_in_one_line(fp_dir, text_file, tmp
     code = run_cli(pipeline.main, _argv(fp_dir, text_file, tmp_path / "trt", "--backend", "trt", "--scheme", "fp16"))
     err = capsys.readouterr().err
     assert code == 2 and "TensorRT" in err and len(err.strip().splitlines()) == 1
+
+
+def test_python_m_tools_dispatches(capsys):
+    from tools.__main__ import main
+
+    assert run_cli(main, ["pipeline", "--print-config", "--scheme", "w3a16"]) == 0
+    assert json.loads(capsys.readouterr().out)["scheme"] == "w3a16"
+    assert run_cli(main, ["deploy"]) == 2
+    assert "unknown command 'deploy'; expected one of validate, bench, pipeline" in capsys.readouterr().err

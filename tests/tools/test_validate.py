@@ -59,7 +59,7 @@ def test_damaged_candidate_fails_with_exit_1(fp_dir, tiny_checkpoint, text_file,
 
 
 def test_onnx_candidate_matches_torch_and_is_deterministic(fp_dir, tiny_checkpoint, tiny_onnx, text_file):
-    base = dict(reference=str(fp_dir), data=str(text_file), seqlen=32, limit=6, batch_size=2)
+    base = dict(reference=str(fp_dir), data=str(text_file), seqlen=32, limit=3, batch_size=2)
     torch_run = validate.validate(validate.ValidateConfig(candidate=str(tiny_checkpoint(8)), **base)).data
     onnx_cfg = validate.ValidateConfig(candidate=str(tiny_onnx(8)), accuracy_level=1, **base)
     first, second = validate.validate(onnx_cfg).data, validate.validate(onnx_cfg).data
@@ -200,8 +200,8 @@ def torch_images(n):
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("entry", [["tools/validate.py"], ["-m", "tools", "validate"]])
-def test_script_and_module_entry_points(entry):
-    out = subprocess.run([sys.executable, *entry, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+def test_runs_as_a_script():
+    out = subprocess.run([sys.executable, "tools/validate.py", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--max-ppl-increase" in out.stdout and "Exit codes: 0 pass, 1" in out.stdout
