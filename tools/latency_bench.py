@@ -161,17 +161,59 @@ def open_model(label: str, path: str, config: LatencyConfig) -> Model:
 
 
 def _kv_layout(path: str, specs) -> list[tuple[str, np.dtype, int, int]]:
+    """``(name, dtype, kv heads, head size)`` of every cache input; sizes from the graph's input shapes,
+    else (a symbolic head size, as onnxruntime-genai's builder writes) from the graph itself."""
     past = sorted((int(m.group(1)), m.group(2) != "key", name) for name in specs if (m := _PAST.match(name)))
     if not past:
         raise UserError(f"{path} has no past_key_values.N.key/value inputs: bench times prefill and decode over the "
                         "KV cache (export without --no-kv-cache)")
+    inferred: tuple[int | None, int | None] | None = None
     out = []
     for _, _, name in past:
         shape = specs[name].shape
-        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
-            raise UserError(f"{path}: {specs[name].describe()} needs static head count and head size (axes 1 and 3)")
-        out.append((name, specs[name].dtype, shape[1], shape[3]))
+        if len(shape) != 4:
+            raise UserError(f"{path}: {specs[name].describe()} is not [batch, kv_heads, past, head_size]")
+        heads, head_dim = shape[1], shape[3]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            inferred = inferred or _graph_kv_sizes(path)
+            heads = heads if isinstance(heads, int) else inferred[0]
+            head_dim = head_dim if isinstance(head_dim, int) else inferred[1]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            raise UserError(f"{path}: {specs[name].describe()} has a symbolic head count or head size that the graph "
+                            "does not determine")
+        out.append((name, specs[name].dtype, heads, head_dim))
     return out
+
+
+def _graph_kv_sizes(path: str) -> tuple[int | None, int | None]:
+    """(kv heads, head size) from ``genai_config.json`` beside the model, else from a
+    ``GroupQueryAttention`` node (its ``kv_num_heads`` and the packed QKV MatMulNBits width)."""
+    import json
+
+    from runtime.load import resolve_artifact
+
+    model_file = resolve_artifact(path).model_file
+    config = model_file.parent / "genai_config.json"
+    if config.is_file():
+        decoder = (json.loads(config.read_text()).get("model") or {}).get("decoder") or {}
+        if decoder.get("head_size"):
+            return decoder.get("num_key_value_heads"), int(decoder["head_size"])
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        heads, kv_heads = int(attrs.get("num_heads", 0)), int(attrs.get("kv_num_heads", 0))
+        packed = len(node.input) < 3 or not node.input[1]
+        qkv = producers.get(node.input[0])
+        widths = {helper.get_attribute_value(a) for a in qkv.attribute if a.name == "N"} if qkv is not None else set()
+        if packed and widths and heads and kv_heads:
+            return kv_heads, int(widths.pop()) // (heads + 2 * kv_heads)
+    return None, None
 
 
 def _artifact_info(label, path, resolved, meta, session, config: LatencyConfig) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def test_bench_refusals_exit_2(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
 
 
 def test_plain_onnx_with_model_builder_inputs(tmp_path, tiny_onnx):
-    """A bare .onnx without export.json and without position_ids (as onnxruntime-genai's builder writes)."""
+    """A bare .onnx without export.json and without position_ids, its head size symbolic in the inputs
+    and stated by genai_config.json (as onnxruntime-genai's model builder writes them)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -117,13 +118,15 @@ def test_plain_onnx_with_model_builder_inputs(tmp_path, tiny_onnx):
     for i in range(layers):
         for kind in ("key", "value"):
             name = f"past_key_values.{i}.{kind}"
-            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", heads, "past", head_dim]))
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", heads, "past", "kv_cache_dim"]))
             nodes.append(helper.make_node("Identity", [name], [f"present.{i}.{kind}"]))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT,
-                                                         ["batch", heads, "past", head_dim]))
+                                                         ["batch", heads, "past", "kv_cache_dim"]))
     graph = helper.make_graph(nodes, "builder_like", inputs, outputs, [emb])
     path = tmp_path / "model_int4.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": head_dim,
+                                                                                  "num_key_value_heads": heads}}}))
     config = LatencyConfig(artifacts=(str(path),), prompt_lengths=(4,), cache_lengths=(6,), warmup=0, iterations=2,
                            memory=False)
     model = open_model("builder", str(path), config)
