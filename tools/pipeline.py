@@ -470,6 +470,9 @@ def config_from_args(args) -> PipelineConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if not args.verbose:  # the exporter's graph rewriter logs every rule it tries at INFO
+        for name in ("onnxscript", "onnx_ir"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     config = config_from_args(args)
     if args.print_config:
         print(config.to_json())
