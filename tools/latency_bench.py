@@ -308,13 +308,28 @@ def time_shape(models: list[Model], shape: Shape, config: LatencyConfig, progres
     return samples
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` — the high-water mark of this process's own address
+    space. ``ru_maxrss`` is not used there because Linux carries it over fork and exec, so a
+    spawned worker would report its parent's peak (e.g. the pipeline's quantize stage).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_worker(path: str, config_json: str, shapes: list[tuple[str, int, int]]) -> float:
     """In a fresh process: load ``path``, run every shape once; peak RSS in MB."""
     config = LatencyConfig.from_json(config_json)
     model = open_model("memory", path, config)
     for phase, batch, length in shapes:
         model.session.run(make_feeds(model, Shape(phase, batch, length), config.seed))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def peak_memory(path: str, config: LatencyConfig, shapes: list[Shape]) -> float:

@@ -151,3 +151,15 @@ def test_script_and_module_entry_points(entry):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--compare" in out.stdout and "--cache-lengths" in out.stdout
+
+
+def test_peak_memory_is_the_workers_own(tiny_onnx):
+    """Linux carries ru_maxrss over fork and exec; the worker must report its own peak, not ours."""
+    from tools.latency_bench import peak_memory, peak_rss_mb
+
+    ballast = np.ones(600 * 2**20 // 8)  # raise this process's peak by 600 MB
+    parent = peak_rss_mb()
+    config = LatencyConfig(artifacts=(str(tiny_onnx(8)),), prompt_lengths=(4,), cache_lengths=(4,))
+    child = peak_memory(str(tiny_onnx(8)), config, [Shape("prefill", 1, 4), Shape("decode", 1, 4)])
+    del ballast
+    assert 0 < child < parent - 300
