@@ -14,7 +14,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from quantize.atomic import write_bytes
 from quantize.errors import UserError
@@ -96,7 +96,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {name: cycle[i % len(cycle)] for i, name in enumerate(series)}  # same colour in both panels
     lat = axes[0][0]
-    _bars(lat, series, shapes, "median_ms", "{:.3g}", colors, whisker=True)
+    _bars(lat, series, shapes, "median_ms", _ms, colors, whisker=True)
     positive = [r["median_ms"] for r in report["results"] if r["median_ms"] > 0]
     lat.set_yscale("log")
     lat.set_ylim(bottom=min(positive) / 3, top=max(r["p90_ms"] for r in report["results"]) * 3)
@@ -107,7 +107,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     lat.legend(fontsize=8)
     if speed:
         ax = axes[0][1]
-        _bars(ax, speed, shapes, "speedup", "{:.2f}x", colors)
+        _bars(ax, speed, shapes, "speedup", lambda v: f"{v:.2f}x", colors)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_ylim(0, max(r["speedup"] for rows in speed.values() for r in rows if r.get("speedup")) * 1.2)
         _axis(ax, shapes, f"speedup vs {report.get('baseline') or 'baseline'} (x, higher is faster)")
@@ -122,7 +122,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def _bars(ax, series: dict[str, list[dict[str, Any]]], shapes: list[str], key: str, fmt: str,
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _bars(ax, series: dict[str, list[dict[str, Any]]], shapes: list[str], key: str, fmt: Callable[[float], str],
           colors: dict[str, str], whisker: bool = False) -> None:
     """Grouped bars of ``key`` per shape, one colour per series, each labelled with its value."""
     width = 0.8 / max(1, len(series))
@@ -136,7 +140,7 @@ def _bars(ax, series: dict[str, list[dict[str, Any]]], shapes: list[str], key: s
             err = [[0] * len(present), [max(0.0, by_shape[shapes[j]]["p90_ms"] - by_shape[shapes[j]]["median_ms"])
                                         for j in present]]
         bars = ax.bar(xs, values, width, yerr=err, capsize=2, label=name, color=colors[name])
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=7, padding=2)
 
 
 def _axis(ax, shapes: list[str], ylabel: str) -> None:
