@@ -281,7 +281,8 @@ def format_summary(config: PipelineConfig, results: list[StageResult]) -> str:
     """Stage table, the validate checks, the bench speedups and every artifact path."""
     out = Path(config.out)
     lines = ["| stage | status | seconds | output |", "|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} | {r.output} |" for r in results]
+    lines += [f"| {r.name} | {r.status} | {r.note if r.status == 'skipped' else f'{r.seconds:.1f}'} | {r.output} |"
+              for r in results]
     report = json.loads((out / "validate" / "report.json").read_text())
     m = report["metrics"]
     lines += ["", f"quality (validate, {report['dataset']['windows']} x {report['dataset']['seqlen']}-token held-out windows, "

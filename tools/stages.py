@@ -111,7 +111,8 @@ def run_stage(state: State, stage: Stage) -> StageResult:
     reason = state.reason_to_run(stage)
     if reason is None:
         log.info("%s: up to date, skipped (%s)", stage.name, stage.output)
-        return StageResult(stage.name, "skipped", stage.output, state.stages[stage.name]["seconds"])
+        made = state.stages[stage.name]["seconds"]
+        return StageResult(stage.name, "skipped", stage.output, 0.0, f"made earlier in {made:.1f} s")
     log.info("%s: running (%s)", stage.name, reason)
     start = time.perf_counter()
     stage.work()
