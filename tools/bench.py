@@ -1,6 +1,12 @@
-"""``python -m tools.bench``: benchmarks that print numbers (never timed tests).
+"""``python -m tools bench`` (also ``python -m tools.bench``): benchmarks that print numbers (never timed tests).
 
-Subcommands:
+    python -m tools bench ARTIFACT... --baseline FP_ARTIFACT [--out DIR]   (the ``latency`` subcommand)
+    python -m tools bench --compare a/bench.json b/bench.json [--out DIR]
+
+Subcommands (the first argument; anything else is ``latency``):
+    latency  latency of ONNX / ORT / TensorRT artifacts against an FP baseline: LLM prefill and
+             decode ms/token per prompt / cache length and batch, ViT images/s; median / p90 / p99,
+             speedup, size, peak host memory; bench.json, bench.csv, bench.png.
     solver   seconds per layer of RTN / GPTQ / GPTAQ on real layer shapes, GPTAQ/GPTQ ratio,
              peak memory; CPU, and CUDA when present.
     quality  held-out perplexity of FP / RTN / GPTQ / GPTAQ on SmolLM2-135M (or any LLM),
@@ -10,22 +16,33 @@ Subcommands:
     rotation held-out perplexity of FP / rotated FP and of RTN / GPTQ / GPTAQ at W4A4 and
              W4A16 with and without Hadamard rotation; rotation and calibration cost.
     fidelity ONNX Runtime vs PyTorch fake-quant on the same quantized model: relative logit
-             error, top-1 agreement, perplexity (LLM) or top-1 (ViT).
+             error, top-1 agreement and perplexity of an exported LLM (ViT: ``vit --onnx``).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from quantize.cli import ArgumentParser, run_cli, setup_logging
+if __name__ == "__main__" and not __package__:  # run as a script: python tools/bench.py
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from quantize.cli import ArgumentParser, run_cli, setup_logging  # noqa: E402
+
+DEFAULT_COMMAND = "latency"
 
 
 def build_parser() -> ArgumentParser:
-    from . import fidelity_bench, quality_bench, rotation_bench, solver_bench, vit_bench
+    from tools import fidelity_bench, latency_cli, quality_bench, rotation_bench, solver_bench, vit_bench
 
-    parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(commands=sub.choices)  # the names main() dispatches on; add a parser, it is one
+    latency = sub.add_parser("latency", help="latency of artifacts vs an FP baseline (the default subcommand)")
+    latency_cli.add_arguments(latency)
+    latency.set_defaults(run=latency_cli.main)
+
     solver = sub.add_parser("solver", help="time the layer solver on real layer shapes")
     solver.add_argument("--shapes", nargs="+", default=list(solver_bench.DEFAULT_SHAPES),
                         metavar="OUTxIN", help="layer shapes (default: %(default)s)")
@@ -66,7 +83,12 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = parser.get_default("commands")
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
+        argv = [DEFAULT_COMMAND, *argv]  # python -m tools bench ARTIFACT ... / --compare ...
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return args.run(args)
 
