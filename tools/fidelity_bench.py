@@ -38,22 +38,17 @@ class WindowComparison:
     nll_ort: float
 
 
-def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
-    """Mean next-token NLL of ``logits [S, V]`` (fp32) on ``ids [S]`` (positions 1..S-1)."""
-    x = logits[:-1].astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    logz = np.log(np.exp(x).sum(axis=-1))
-    return float((logz - x[np.arange(x.shape[0]), ids[1:]]).mean())
-
-
 def compare_window(torch_logits: np.ndarray, ort_logits: np.ndarray, ids: np.ndarray) -> WindowComparison:
-    """Compare ``[S, V]`` logits of both sides on the window ``ids [S]``."""
-    ref, cand = torch_logits.astype(np.float32), ort_logits.astype(np.float32)
+    """Compare ``[S, V]`` logits of both sides on the window ``ids [S]`` (agreement over all S positions)."""
+    from .metrics import argmax_agreement, window_nll
+
+    ref, cand = np.asarray(torch_logits, np.float32), np.asarray(ort_logits, np.float32)
     if ref.shape != cand.shape:
         raise UserError(f"ORT logits {list(cand.shape)} and PyTorch logits {list(ref.shape)} differ in shape")
     rel = float(np.linalg.norm(cand - ref) / max(np.linalg.norm(ref), 1e-30))
-    agree = int((ref.argmax(-1) == cand.argmax(-1)).sum())
-    return WindowComparison(rel, agree, ref.shape[0], _nll(ref, ids), _nll(cand, ids))
+    agree = int(argmax_agreement(ref, cand).sum())
+    nll = window_nll(np.stack([ref, cand]), np.stack([ids, ids]))
+    return WindowComparison(rel, agree, ref.shape[0], float(nll[0]), float(nll[1]))
 
 
 def summarize(windows: Sequence[WindowComparison]) -> dict[str, float]:
