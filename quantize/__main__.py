@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from .cli import ArgumentParser, run_cli, setup_logging
-from .config import METHODS, QuantConfig
+from .config import METHODS, REORDERS, QuantConfig
 from .errors import UserError
 
 log = logging.getLogger("quantize")
@@ -37,7 +37,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--w-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
     g.add_argument("--group-size", type=int, default=128, help="-1 = per output channel (default 128)")
     g.add_argument("--asym", action="store_true", help="asymmetric weight grid (ORT only; TensorRT needs symmetric)")
-    g.add_argument("--act-order", action="store_true", help="quantize columns by decreasing Hessian diagonal (static groups)")
+    g.add_argument("--reorder", choices=REORDERS, default=None,
+                   help="solver column order: none, act (by decreasing Hessian diagonal, static groups) or group "
+                        "(group-aware: by diagonal within each group, groups ordered; checkpoint stays plain GPTQ); default none")
+    g.add_argument("--act-order", action="store_true", help="alias of --reorder act")
     g.add_argument("--mse-clip", action="store_true", help="MSE search of each group's clipping range")
     g.add_argument("--alpha", type=float, default=0.25, help="GPTAQ asymmetry weight (0 = GPTQ)")
     g.add_argument("--damp", type=float, default=0.01, help="relative damping (0.01 LLM, 0.1 ViT)")
@@ -47,6 +50,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--a-clip-ratio", type=float, default=0.9)
     g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot: RMSNorm decoders; adds online Hadamards before o_proj and down_proj)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--head-bits", type=int, default=16, help="LM head bits: 16 (full precision), 8 or 4; calibrated like the blocks, the embedding stays exact")
+    g.add_argument("--head-group-size", type=int, default=-1, help="LM head group size (-1 = per output channel, default)")
     d = p.add_argument_group("data")
     d.add_argument("--calib", default=None, help="wikitext2 | c4 | a dataset name | a .txt/.jsonl/.parquet file or dir | an image folder (default: embedded English text)")
     d.add_argument("--nsamples", type=int, default=128)
@@ -68,10 +73,14 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(args) -> QuantConfig:
+    if args.act_order and args.reorder not in (None, "act"):
+        raise UserError(f"--act-order is --reorder act; it contradicts --reorder {args.reorder}")
+    reorder = "act" if args.act_order else (args.reorder or "none")
     return QuantConfig(method=args.method, w_bits=args.w_bits, group_size=args.group_size, sym=not args.asym,
-                       mse_clip=args.mse_clip, act_order=args.act_order, alpha=args.alpha, damp=args.damp,
+                       mse_clip=args.mse_clip, reorder=reorder, alpha=args.alpha, damp=args.damp,
                        block_size=args.block_size, a_bits=args.a_bits, a_sym=args.a_sym,
-                       a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed)
+                       a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed,
+                       head_bits=args.head_bits, head_group_size=args.head_group_size)
 
 
 def _check_output(out: Path, resume_dir: Path, args) -> None:
