@@ -26,8 +26,8 @@ def test_quantized_head_unties_keeps_embedding_exact_and_round_trips(tmp_path, m
     assert torch.equal(model.model.embed_tokens.weight, embedding)  # the embedding stays exact
     assert head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     assert not model.config.tie_word_embeddings
-    step = head.scales.max().item()
-    assert (head.weight - embedding).abs().max() <= step  # a real quantization of the old tied weight
+    relative = ((head.weight - embedding).norm() / embedding.norm()).item()
+    assert relative < {8: 0.02, 4: 0.2}[bits]  # a quantization of the old tied weight
     assert not torch.equal(head.weight, embedding)
     entry = [e for e in model.quant_state.log if e["name"] == "lm_head"]
     assert len(entry) == 1 and (entry[0]["loss"] > 0) == (method != "rtn")  # the solver ran on final-norm outputs

@@ -9,7 +9,7 @@ from quantize.gptq import column_order, solve
 from quantize.gptq_reference import reference_solve
 from quantize.primitives import dequantize_grouped
 
-from test_gptq import correlated_streams, stats
+from solver_streams import correlated_streams, stats
 
 
 def test_group_order_keeps_groups_whole_sorts_within_and_orders_groups_by_max():
