@@ -366,8 +366,13 @@ def write_reports(out: Path, results: Sequence[QualityResult], meta: dict[str, A
 
 
 def _plot(path: Path, results: Sequence[QualityResult]) -> None:
-    """One horizontal bar chart per scheme: perplexity of every case, FP as a line."""
-    import matplotlib
+    """One horizontal bar chart per scheme: perplexity of every case, FP as a line (needs the
+    ``bench`` extra, matplotlib; skipped with a warning without it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'); %s not written", path)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

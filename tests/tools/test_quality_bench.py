@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 
@@ -40,7 +41,9 @@ def test_quality_bench_runs_a_grid_resumes_and_writes_json_csv_png(tmp_path, cap
     results = json.loads((out / "results.json").read_text())["results"]
     assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptaq", "gptaq"]
     assert all(r["ppl"] > 1 for r in results) and all(r["quant_seconds"] > 0 for r in results[1:])
-    assert (out / "results.csv").read_text().count("\n") == 6 and (out / "results.png").stat().st_size > 1000
+    assert (out / "results.csv").read_text().count("\n") == 6
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "results.png").stat().st_size > 1000
     stamp = (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns
     assert bench.main(common + ["--schemes", "w4g32", "--methods", "rtn"]) == 0  # finished cases are kept, not rerun
     assert (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns == stamp
