@@ -142,7 +142,8 @@ def _summary(model, out: Path, seconds: dict[str, float]) -> str:
         lines.append(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
     for g in sorted(by_group):
         losses = by_group[g]
-        lines.append(f"  group {g} ({','.join(sorted(names[g]))}): mean loss {sum(losses) / len(losses):.5g}")
+        label = "head" if g < 0 else f"group {g}"  # the LM head is logged with group -1
+        lines.append(f"  {label} ({','.join(sorted(names[g]))}): mean loss {sum(losses) / len(losses):.5g}")
     return "\n".join(lines)
 
 
