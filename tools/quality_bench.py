@@ -456,6 +456,10 @@ def main(args) -> int:
                     result = run_case(data, case, save)
                 _write_case(out, result)
                 _log_result(result)
+                if args.decode:  # time each head pair as soon as both of its checkpoints exist
+                    ready = [c for c in cases if c.head_bits < 16 and all(
+                        (out / "checkpoints" / k).exists() for k in (c.key, c.without_head().key))]
+                    _run_decode(out, data, ready, args)
             if args.decode:
                 _run_decode(out, data, cases, args)
     results = read_results(out)

@@ -34,14 +34,19 @@ def test_quality_bench_runs_a_grid_resumes_and_writes_json_csv_png(tmp_path, cap
     common = ["quality", "--model", str(model), "--nsamples", "4", "--seqlen", "16", "--eval-seqlen", "32",
               "--eval-windows", "2", "--out", str(out)]
     code = bench.main(common + ["--schemes", "w4g32", "--methods", "fp", "rtn", "gptaq", "--reorders", "none", "group",
-                                "--case", "gptq w4g32 reorder=group head_bits=8"])
+                                "--case", "gptq w4g32 reorder=group head_bits=8", "--case", "gptq w4g32 reorder=group",
+                                "--decode", "--decode-context", "8", "--decode-steps", "3", "--decode-repeats", "1"])
     assert code == 0
     table = capsys.readouterr().out
     assert "FP perplexity" in table and "| W4 g32 | gptaq | reorder=group |" in table
     results = json.loads((out / "results.json").read_text())["results"]
-    assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptaq", "gptaq"]
+    assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptq", "gptaq", "gptaq"]
     assert all(r["ppl"] > 1 for r in results) and all(r["quant_seconds"] > 0 for r in results[1:])
-    assert (out / "results.csv").read_text().count("\n") == 6
+    assert (out / "results.csv").read_text().count("\n") == 7
+    decode = json.loads((out / "decode.json").read_text())  # the head case and its float-head twin, in ORT
+    assert sorted(decode) == ["gptq_w4g32_head_bits-8_reorder-group", "gptq_w4g32_reorder-group"]
+    assert all(d["ms_per_token"] > 0 and d["steps"] == 3 for d in decode.values())
+    assert "ORT CPU decode ms/token" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "results.png").stat().st_size > 1000
     stamp = (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns
