@@ -8,6 +8,7 @@ continues a killed run from the last finished block.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import shutil
@@ -25,6 +26,8 @@ from .errors import UserError
 
 log = logging.getLogger("quantize")
 RESUME_SUBDIR = ".resume"
+#: Flags without an explicit value take QuantConfig's defaults (one place says what they are).
+_DEFAULTS = QuantConfig()
 
 
 def build_parser() -> ArgumentParser:
@@ -39,9 +42,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--asym", action="store_true", help="asymmetric weight grid (ORT only; TensorRT needs symmetric)")
     g.add_argument("--reorder", choices=REORDERS, default=None,
                    help="solver column order: none, act (by decreasing Hessian diagonal, static groups) or group "
-                        "(group-aware: by diagonal within each group, groups ordered; checkpoint stays plain GPTQ); default none")
+                        "(group-aware: by diagonal within each group, groups ordered; checkpoint stays plain GPTQ); "
+                        f"default {_DEFAULTS.reorder}")
     g.add_argument("--act-order", action="store_true", help="alias of --reorder act")
-    g.add_argument("--mse-clip", action="store_true", help="MSE search of each group's clipping range")
+    g.add_argument("--mse-clip", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"MSE search of each group's clipping range (default {'on' if _DEFAULTS.mse_clip else 'off'})")
     g.add_argument("--alpha", type=float, default=0.25, help="GPTAQ asymmetry weight (0 = GPTQ)")
     g.add_argument("--damp", type=float, default=0.01, help="relative damping (0.01 LLM, 0.1 ViT)")
     g.add_argument("--block-size", type=int, default=128)
@@ -75,9 +80,10 @@ def build_parser() -> ArgumentParser:
 def config_from_args(args) -> QuantConfig:
     if args.act_order and args.reorder not in (None, "act"):
         raise UserError(f"--act-order is --reorder act; it contradicts --reorder {args.reorder}")
-    reorder = "act" if args.act_order else (args.reorder or "none")
+    reorder = "act" if args.act_order else (args.reorder or _DEFAULTS.reorder)
+    mse_clip = _DEFAULTS.mse_clip if args.mse_clip is None else args.mse_clip
     return QuantConfig(method=args.method, w_bits=args.w_bits, group_size=args.group_size, sym=not args.asym,
-                       mse_clip=args.mse_clip, reorder=reorder, alpha=args.alpha, damp=args.damp,
+                       mse_clip=mse_clip, reorder=reorder, alpha=args.alpha, damp=args.damp,
                        block_size=args.block_size, a_bits=args.a_bits, a_sym=args.a_sym,
                        a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed,
                        head_bits=args.head_bits, head_group_size=args.head_group_size)
