@@ -8,6 +8,7 @@ continues a killed run from the last finished block.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import shutil
@@ -20,11 +21,13 @@ from typing import Sequence
 import torch
 
 from .cli import ArgumentParser, run_cli, setup_logging
-from .config import METHODS, QuantConfig
+from .config import METHODS, REORDERS, QuantConfig
 from .errors import UserError
 
 log = logging.getLogger("quantize")
 RESUME_SUBDIR = ".resume"
+#: Flags without an explicit value take QuantConfig's defaults (one place says what they are).
+_DEFAULTS = QuantConfig()
 
 
 def build_parser() -> ArgumentParser:
@@ -37,8 +40,13 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--w-bits", type=int, default=4, help="weight bits, 2..8 (default 4)")
     g.add_argument("--group-size", type=int, default=128, help="-1 = per output channel (default 128)")
     g.add_argument("--asym", action="store_true", help="asymmetric weight grid (ORT only; TensorRT needs symmetric)")
-    g.add_argument("--act-order", action="store_true", help="quantize columns by decreasing Hessian diagonal (static groups)")
-    g.add_argument("--mse-clip", action="store_true", help="MSE search of each group's clipping range")
+    g.add_argument("--reorder", choices=REORDERS, default=None,
+                   help="solver column order: none, act (by decreasing Hessian diagonal, static groups) or group "
+                        "(group-aware: by diagonal within each group, groups ordered; checkpoint stays plain GPTQ); "
+                        f"default {_DEFAULTS.reorder}")
+    g.add_argument("--act-order", action="store_true", help="alias of --reorder act")
+    g.add_argument("--mse-clip", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"MSE search of each group's clipping range (default {'on' if _DEFAULTS.mse_clip else 'off'})")
     g.add_argument("--alpha", type=float, default=0.25, help="GPTAQ asymmetry weight (0 = GPTQ)")
     g.add_argument("--damp", type=float, default=0.01, help="relative damping (0.01 LLM, 0.1 ViT)")
     g.add_argument("--block-size", type=int, default=128)
@@ -47,6 +55,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--a-clip-ratio", type=float, default=0.9)
     g.add_argument("--rotate", action="store_true", help="Hadamard-rotate the model first (QuaRot: RMSNorm decoders; adds online Hadamards before o_proj and down_proj)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--head-bits", type=int, default=16, help="LM head bits: 16 (full precision), 8 or 4; calibrated like the blocks, the embedding stays exact")
+    g.add_argument("--head-group-size", type=int, default=-1, help="LM head group size (-1 = per output channel, default)")
     d = p.add_argument_group("data")
     d.add_argument("--calib", default=None, help="wikitext2 | c4 | a dataset name | a .txt/.jsonl/.parquet file or dir | an image folder (default: embedded English text)")
     d.add_argument("--nsamples", type=int, default=128)
@@ -68,10 +78,15 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(args) -> QuantConfig:
+    if args.act_order and args.reorder not in (None, "act"):
+        raise UserError(f"--act-order is --reorder act; it contradicts --reorder {args.reorder}")
+    reorder = "act" if args.act_order else (args.reorder or _DEFAULTS.reorder)
+    mse_clip = _DEFAULTS.mse_clip if args.mse_clip is None else args.mse_clip
     return QuantConfig(method=args.method, w_bits=args.w_bits, group_size=args.group_size, sym=not args.asym,
-                       mse_clip=args.mse_clip, act_order=args.act_order, alpha=args.alpha, damp=args.damp,
+                       mse_clip=mse_clip, reorder=reorder, alpha=args.alpha, damp=args.damp,
                        block_size=args.block_size, a_bits=args.a_bits, a_sym=args.a_sym,
-                       a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed)
+                       a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed,
+                       head_bits=args.head_bits, head_group_size=args.head_group_size)
 
 
 def _check_output(out: Path, resume_dir: Path, args) -> None:
@@ -133,7 +148,8 @@ def _summary(model, out: Path, seconds: dict[str, float]) -> str:
         lines.append(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
     for g in sorted(by_group):
         losses = by_group[g]
-        lines.append(f"  group {g} ({','.join(sorted(names[g]))}): mean loss {sum(losses) / len(losses):.5g}")
+        label = "head" if g < 0 else f"group {g}"  # the LM head is logged with group -1
+        lines.append(f"  {label} ({','.join(sorted(names[g]))}): mean loss {sum(losses) / len(losses):.5g}")
     return "\n".join(lines)
 
 

@@ -142,6 +142,9 @@ def quantize_model(
     spec = spec_for(model)
     dev = resolve_device(device)
     model.eval()
+    if config.quantizes_head and (spec.final_norm is None or spec.modality != "text"):
+        raise UserError(f"{spec.name}: quantizing the head (head_bits={config.head_bits}) is supported for "
+                        "causal LMs with a final norm only")
     if config.rotate:
         from .rotate import check_rotatable, rotate_model
 

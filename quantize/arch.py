@@ -185,3 +185,22 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def untie_head(model: nn.Module, spec: "ArchSpec") -> bool:
+    """Give the LM head a weight of its own when it shares the embedding's; returns whether it did.
+
+    The model config then says ``tie_word_embeddings = False`` (also in a nested text config),
+    so saving and reloading keeps them apart; the embedding itself is left as it is.
+    """
+    head = get_module(model, spec.head)
+    embedding = get_module(model, spec.embedding) if spec.embedding else None
+    tied = embedding is not None and head.weight.data_ptr() == embedding.weight.data_ptr()
+    if tied:
+        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.tie_word_embeddings = False
+        text_config = getattr(config, "get_text_config", lambda: config)()
+        text_config.tie_word_embeddings = False
+    return tied

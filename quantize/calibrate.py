@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .arch import ArchSpec, get_module, set_module
+from .arch import untie_head as arch_untie_head
 from .config import QuantConfig
 from .errors import NumericalError, UserError
 from .gptq import SolveResult, rtn, solve
@@ -321,23 +322,63 @@ class BlockWalker:
         return acc
 
     def _solve(self, index: int, g: int, name: str, module: QuantLinear, acc: HessianAccumulator | None,
-               logs: list[LayerLog]) -> tuple[str, SolveResult]:
-        full = f"{self.spec.blocks}.{index}.{name}"
+               logs: list[LayerLog], head: bool = False) -> tuple[str, SolveResult]:
+        full = name if head else f"{self.spec.blocks}.{index}.{name}"
         c = self.config
+        bits, group_size = c.grid(head)
         start = time.perf_counter()
         try:
             if acc is None:
-                result = rtn(module.weight, bits=c.w_bits, group_size=c.group_size, sym=c.sym, mse_clip=c.mse_clip)
+                result = rtn(module.weight, bits=bits, group_size=group_size, sym=c.sym, mse_clip=c.mse_clip)
             else:
-                result = solve(module.weight, acc.H, bits=c.w_bits, group_size=c.group_size, sym=c.sym,
-                               damp=c.damp, block_size=c.block_size, act_order=c.act_order,
+                result = solve(module.weight, acc.H, bits=bits, group_size=group_size, sym=c.sym,
+                               damp=c.damp, block_size=c.block_size, reorder=c.reorder,
                                mse_clip=c.mse_clip, dXXT=acc.dXXT, alpha=c.alpha)
         except NumericalError as exc:
             raise exc.with_layer(full) from None
-        module.set_quantized(result, c.w_bits, c.group_size, c.sym)
+        module.set_quantized(result, bits, group_size, c.sym)
         seconds = time.perf_counter() - start
         logs.append(LayerLog(full, index, g, tuple(module.weight.shape), float(result.loss.sum()), seconds, result.damp))
         return name, result
+
+    @torch.no_grad()
+    def process_head(self, state: WalkerState) -> None:
+        """Quantize the LM head on the final-norm outputs of the streams (after the last block).
+
+        The head is untied from the embedding first when they share a weight (the embedding
+        stays exact). ``H`` comes from ``norm(X_q)`` and, for GPTAQ, ``dXXT`` from
+        ``norm(X_fp)``; RTN needs neither. The head gets no activation quantizer.
+        """
+        head = untie_head(self.model, self.spec)
+        norm = get_module(self.model, self.spec.final_norm)
+        acc = None
+        if state.x_q is not None and self.config.method != "rtn":
+            head_home, norm_home = head.weight.device, next(norm.parameters(), head.weight).device
+            norm.to(self.device)
+            acc = HessianAccumulator(head.in_features, asym=state.x_fp is not None, device=self.device)
+            for k, x in enumerate(state.x_q):
+                x_fp = norm(state.x_fp[k].to(self.device)) if state.x_fp is not None else None
+                acc.add(norm(x.to(self.device)), x_fp)
+            norm.to(norm_home)
+            head.to(self.device)
+            self._solve(len(get_module(self.model, self.spec.blocks)), -1, self.spec.head, head, acc, state.logs, head=True)
+            head.to(head_home)
+        else:
+            self._solve(len(get_module(self.model, self.spec.blocks)), -1, self.spec.head, head, None, state.logs, head=True)
+
+
+def untie_head(model: nn.Module, spec: ArchSpec) -> QuantLinear:
+    """Make the LM head a :class:`QuantLinear` with a weight of its own; returns it.
+
+    A head tied to the embedding gets a copy of the weight (:func:`quantize.arch.untie_head`),
+    so a quantized head never changes the embedding.
+    """
+    arch_untie_head(model, spec)
+    head = get_module(model, spec.head)
+    if not isinstance(head, QuantLinear):
+        head = QuantLinear.from_linear(head)
+        set_module(model, spec.head, head)
+    return head
 
 
 def _restore(model: nn.Module, spec: ArchSpec, config: QuantConfig, store, saved: dict[str, Any],
@@ -398,6 +439,8 @@ def calibrate_model(
         bar.set_postfix(loss=f"{sum(l.loss for l in block_logs) / max(len(block_logs), 1):.4g}")
         bar.update()
     bar.close()
+    if config.quantizes_head:
+        walker.process_head(state)
     if config.method == "gptq":  # W→A: activation quantization joins once all weights are set
         for module in blocks.modules():
             if isinstance(module, QuantLinear):

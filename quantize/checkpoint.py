@@ -120,20 +120,29 @@ def hf_quantization_config(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
         "quant_method": "gptq",
         "bits": cfg.w_bits,
         "group_size": cfg.group_size,
-        "desc_act": False,  # act-order runs with static groups: storage order stays natural
+        "desc_act": False,  # act-order and group-aware order keep groups contiguous: natural storage order
         "sym": cfg.sym,
         "true_sequential": True,
-        "static_groups": cfg.act_order,
+        "static_groups": cfg.reorder == "act",
         "damp_percent": cfg.damp,
         "checkpoint_format": "gptq",
         "pack_dtype": "int32",
-        "lm_head": False,
+        "lm_head": cfg.quantizes_head,
+        **_head_override(cfg, spec),
         "modules_in_block_to_quantize": [list(g) for g in spec.groups],
         # A rotated model needs its online Hadamards (quant_config.json) and W4A4 its activation
         # quantizers: weight-only GPTQ readers load the tensors but not those.
-        "meta": {"quantizer": ["gptaq-deploy"], "method": cfg.method, "alpha": cfg.alpha,
+        "meta": {"quantizer": ["gptaq-deploy"], "method": cfg.method, "alpha": cfg.alpha, "reorder": cfg.reorder,
                  "rotation": "hadamard" if cfg.rotate else None, "act_bits": cfg.a_bits},
     }
+
+
+def _head_override(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
+    """GPTQModel's per-module ``dynamic`` override when the head's grid differs from the blocks'."""
+    if not cfg.quantizes_head or cfg.grid(head=True) == cfg.grid():
+        return {}
+    bits, group = cfg.grid(head=True)
+    return {"dynamic": {f"+:^{spec.head}$": {"bits": bits, "group_size": group}}}
 
 
 def save_quantized(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: Any = None, overwrite: bool = False) -> Path:
@@ -238,7 +247,7 @@ def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "
     tensors = _read_tensors(directory / WEIGHTS)
     dtype = next(model.parameters()).dtype
     for name in meta["quantized_modules"]:
-        _install_quantized(model, name, tensors, cfg, dtype)
+        _install_quantized(model, name, tensors, cfg, dtype, head=name == spec.head)
     plain = {k: v for k, v in tensors.items() if not k.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx")}
     for alias, target in meta.get("tied", {}).items():
         plain[alias] = plain[target]
@@ -263,18 +272,21 @@ def _read_log(directory: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def _install_quantized(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], cfg: QuantConfig, dtype: torch.dtype) -> None:
+def _install_quantized(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], cfg: QuantConfig, dtype: torch.dtype,
+                       head: bool = False) -> None:
     linear = get_module(model, name)
     try:
         parts = {k: tensors[f"{name}.{k}"] for k in ("qweight", "qzeros", "scales", "g_idx")}
     except KeyError as exc:
         raise UserError(f"checkpoint lacks {exc.args[0]}") from None
-    unpacked = from_gptq_tensors(parts, cfg.w_bits, linear.in_features)
+    bits, group_size = cfg.grid(head)
+    unpacked = from_gptq_tensors(parts, bits, linear.in_features)
     weight = dequantize_grouped(unpacked["codes"], unpacked["scales"], unpacked["zeros"], unpacked["g_idx"]).to(dtype)
     module = linear if isinstance(linear, QuantLinear) else QuantLinear.from_linear(linear)
     result = SolveResult(weight, unpacked["codes"].to(torch.uint8), unpacked["scales"], unpacked["zeros"],
                          unpacked["g_idx"], torch.zeros(weight.shape[0]), 0.0)
-    module.set_quantized(result, cfg.w_bits, cfg.group_size, cfg.sym)
-    module.set_activation_quant(cfg.a_bits, cfg.a_sym, cfg.a_clip_ratio)
+    module.set_quantized(result, bits, group_size, cfg.sym)
+    if not head:  # the head never gets an activation quantizer
+        module.set_activation_quant(cfg.a_bits, cfg.a_sym, cfg.a_clip_ratio)
     if module is not linear:
         set_module(model, name, module)

@@ -15,6 +15,11 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 METHODS = ("rtn", "gptq", "gptaq")
+#: Column orders of the solver: natural, by decreasing ``diag(H)`` (act-order, static groups),
+#: or group-aware (by ``diag(H)`` within each group, whole groups ordered; see quantize.gptq).
+REORDERS = ("none", "act", "group")
+#: Bits of the LM head: 16 keeps it in full precision.
+HEAD_BITS = (16, 8, 4)
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -68,8 +73,13 @@ class QuantConfig(_JsonConfig):
         sym: symmetric weight grid (zero point fixed at ``2**(w_bits-1)``) — the only one
             TensorRT runs; asymmetric grids are ORT / PyTorch only.
         mse_clip: search a shrink factor of each group's range minimising ``|q - w|^2.4``.
-        act_order: quantize columns in order of decreasing Hessian diagonal; groups stay
-            static (contiguous in the original column order) so export needs no ``g_idx``.
+        reorder: solver column order. ``"none"``; ``"act"``: by decreasing Hessian diagonal,
+            groups static (fitted up front on the original weight); ``"group"``: group-aware
+            (GAR) — by decreasing diagonal within each group, whole groups ordered by their
+            largest diagonal, each group fitted when it comes up. Groups stay contiguous in
+            the original column order either way, so ``g_idx`` is ``col // group``.
+        act_order: alias kept for old configs: ``act_order=True`` means ``reorder="act"``;
+            after construction it always equals ``reorder == "act"``.
         alpha: GPTAQ's weight on the asymmetry term (0 = plain GPTQ).
         damp: relative damping, ``lambda = damp * mean(diag(H))`` (0.01 LLM, 0.1 ViT).
         block_size: columns per lazy-update block (power of two).
@@ -77,6 +87,10 @@ class QuantConfig(_JsonConfig):
         a_sym: symmetric activation grid.
         a_clip_ratio: fraction of each token's range kept by the activation grid.
         rotate: Hadamard-rotate the model first (QuaRot style).
+        head_bits: LM head bits: 16 (full precision, default), 8 or 4; calibrated with the
+            same method on the final-norm outputs. A head tied to the embedding is untied;
+            the embedding stays exact.
+        head_group_size: the head's group size (-1 = per output channel, else a power of two).
         seed: seed for calibration sampling and rotations.
     """
 
@@ -85,6 +99,7 @@ class QuantConfig(_JsonConfig):
     group_size: int = 128
     sym: bool = True
     mse_clip: bool = False
+    reorder: str = "none"
     act_order: bool = False
     alpha: float = 0.25
     damp: float = 0.01
@@ -94,6 +109,8 @@ class QuantConfig(_JsonConfig):
     a_clip_ratio: float = 0.9
     rotate: bool = False
     seed: int = 0
+    head_bits: int = 16
+    head_group_size: int = -1
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -108,6 +125,19 @@ class QuantConfig(_JsonConfig):
             raise ConfigError(owner, "group_size", self.group_size, allowed_group)
         for name in ("sym", "mse_clip", "act_order", "a_sym", "rotate"):
             _check_type(owner, name, getattr(self, name), bool, "true or false")
+        if self.reorder not in REORDERS:
+            raise ConfigError(owner, "reorder", self.reorder, f"one of {', '.join(REORDERS)}")
+        if self.act_order and self.reorder == "group":
+            raise ConfigError(owner, "act_order", self.act_order, 'false with reorder="group" (act_order is reorder="act")')
+        # Normalise the alias so equal settings compare, hash and serialise equal.
+        object.__setattr__(self, "reorder", "act" if self.act_order else self.reorder)
+        object.__setattr__(self, "act_order", self.reorder == "act")
+        _check_type(owner, "head_bits", self.head_bits, int, "16 (full precision), 8 or 4")
+        if self.head_bits not in HEAD_BITS:
+            raise ConfigError(owner, "head_bits", self.head_bits, "16 (full precision), 8 or 4")
+        _check_type(owner, "head_group_size", self.head_group_size, int, allowed_group)
+        if self.head_group_size != -1 and not _is_power_of_two(self.head_group_size):
+            raise ConfigError(owner, "head_group_size", self.head_group_size, allowed_group)
         _check_type(owner, "alpha", self.alpha, float, "a number in [0, 1]")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(owner, "alpha", self.alpha, "a number in [0, 1]")
@@ -135,3 +165,11 @@ class QuantConfig(_JsonConfig):
     @property
     def quantizes_activations(self) -> bool:
         return self.a_bits < 16
+
+    @property
+    def quantizes_head(self) -> bool:
+        return self.head_bits < 16
+
+    def grid(self, head: bool = False) -> tuple[int, int]:
+        """``(bits, group_size)`` of the block Linears, or of the LM head with ``head=True``."""
+        return (self.head_bits, self.head_group_size) if head else (self.w_bits, self.group_size)

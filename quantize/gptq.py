@@ -104,6 +104,7 @@ def solve(
     mse_clip: bool = False,
     dXXT: torch.Tensor | None = None,
     alpha: float = 0.25,
+    reorder: str = "none",
 ) -> SolveResult:
     """Quantize one Linear weight with GPTQ, or GPTAQ when ``dXXT`` is given and ``alpha > 0``.
 
@@ -113,8 +114,11 @@ def solve(
         bits: 2..8. group_size: -1 (per output channel) or a power of two. sym: symmetric grid.
         damp: relative damping ``lambda = damp * mean(diag(H))``; grown x10 on Cholesky failure.
         block_size: columns per lazy-update block (a power of two).
-        act_order: process columns by decreasing ``diag(H)``; groups stay static (fitted on
-            the original weight, contiguous in the original column order).
+        act_order: alias of ``reorder="act"``.
+        reorder: column order (:func:`column_order`): ``"none"``, ``"act"`` (decreasing
+            ``diag(H)``, groups static: fitted up front on the original weight) or ``"group"``
+            (group-aware: each group fitted on its updated values when it comes up). Groups
+            stay contiguous in the original column order under every order.
         mse_clip: MSE shrink search of each group's range.
         dXXT: ``[in, in]`` asymmetry term ``2/N sum (X_fp - X_q) X_q^T``; ``None`` = GPTQ.
         alpha: GPTAQ's weight on the asymmetry correction.
@@ -147,19 +151,20 @@ def solve(
         if D is not None:
             D[:, dead] = 0.0
 
+    reorder = "act" if act_order else reorder
     g = in_f if group_size == -1 else group_size
     g_idx = torch.arange(in_f, device=W.device) // g
     n_groups = math.ceil(in_f / g)
-    static = group_size == -1 or act_order
+    static = group_size == -1 or reorder == "act"
     scales = torch.empty(out_f, n_groups, device=W.device)
     zeros = torch.empty(out_f, n_groups, device=W.device)
     if static:
         for k in range(n_groups):
             scales[:, k], zeros[:, k] = weight_qparams(W[:, k * g : (k + 1) * g], bits, sym, mse_clip)
 
-    perm = None
-    if act_order:
-        perm = torch.sort(torch.diagonal(H), descending=True, stable=True).indices
+    perm = column_order(torch.diagonal(H), g, reorder)
+    if perm is not None:
+        # Permuting H and dXXT alike keeps GPTAQ exact: P is computed in the permuted basis.
         W, H = W[:, perm], H[perm][:, perm]
         if D is not None:
             D = D[perm][:, perm]
@@ -180,6 +185,36 @@ def solve(
     return _result(codes, scales, zeros, g_idx, loss, damp_used, out_dtype, weight=weight)
 
 
+def column_order(diag: torch.Tensor, group: int, reorder: str) -> torch.Tensor | None:
+    """Processing order of the columns (``None`` = natural order).
+
+    Args:
+        diag: ``[in]`` Hessian diagonal (after dead inputs were set to 1).
+        group: columns per group (``in`` for per-channel grids).
+        reorder: ``"none"``; ``"act"``: all columns by decreasing ``diag``; ``"group"``
+            (GAR): columns by decreasing ``diag`` *within* each group, then whole groups by
+            decreasing largest ``diag``. A partial last group stays last, so every group
+            starts on a multiple of ``group`` in processing order (where the solver fits it).
+
+    Returns:
+        ``[in]`` int64 permutation: position ``p`` processes original column ``perm[p]``.
+        Sorts are stable, so ties keep the natural order.
+    """
+    if reorder == "none":
+        return None
+    if reorder == "act":
+        return torch.sort(diag, descending=True, stable=True).indices
+    if reorder != "group":
+        raise ValueError(f"reorder must be none, act or group, not {reorder!r}")
+    n = diag.shape[0]
+    full = n // group
+    starts = list(range(0, n, group))
+    within = [s + torch.sort(diag[s : s + group], descending=True, stable=True).indices for s in starts]
+    key = torch.stack([diag[s : s + group].max() for s in starts[:full]]) if full else diag[:0]
+    order = torch.sort(key, descending=True, stable=True).indices.tolist() + list(range(full, len(starts)))
+    return torch.cat([within[k] for k in order])
+
+
 @dataclass
 class _Grid:
     """Per-column grid lookup; fits dynamic groups when their first column comes up."""
@@ -197,8 +232,12 @@ class _Grid:
         return not self.static and col % self.group == 0
 
     def fit(self, col: int, current_t: torch.Tensor) -> None:
-        """Fit the group starting at ``col`` on its current values ``current_t [cols, out]``."""
-        k = col // self.group
+        """Fit the group starting at ``col`` on its current values ``current_t [cols, out]``.
+
+        ``col`` is a processing position; under group-aware order the group found there is
+        not ``col // group`` but the one its columns belong to.
+        """
+        k = int(self.col_group[col])
         self.scales[:, k], self.zeros[:, k] = weight_qparams(current_t.t(), self.bits, self.sym, self.mse_clip)
 
     def params(self, col: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .gptq import SolveResult, _inverse_cholesky_upper, _result
+from .gptq import SolveResult, _inverse_cholesky_upper, _result, column_order
 from .primitives import dequantize_codes, quantize_to_codes, weight_qparams
 
 
@@ -39,6 +39,7 @@ def reference_solve(
     dXXT: torch.Tensor | None = None,
     alpha: float = 0.25,
     cross_block: str = "pre",
+    reorder: str = "none",
 ) -> SolveResult:
     """Same contract as :func:`quantize.gptq.solve` (no damping retries)."""
     out_dtype = W.dtype
@@ -57,13 +58,14 @@ def reference_solve(
     g_idx = torch.arange(n) // g
     scales = torch.zeros(W.shape[0], n_groups)
     zeros = torch.zeros(W.shape[0], n_groups)
-    static = group_size == -1 or act_order
+    reorder = "act" if act_order else reorder
+    static = group_size == -1 or reorder == "act"
     if static:
         for k in range(n_groups):
             scales[:, k], zeros[:, k] = weight_qparams(W[:, k * g : (k + 1) * g], bits, sym, mse_clip)
-    perm = torch.arange(n)
-    if act_order:
-        perm = torch.sort(torch.diagonal(H), descending=True, stable=True).indices
+    perm = column_order(torch.diagonal(H), g, reorder)
+    perm = torch.arange(n) if perm is None else perm
+    if reorder != "none":
         W, H = W[:, perm], H[perm][:, perm]
         if D is not None:
             D = D[perm][:, perm]
@@ -83,9 +85,10 @@ def reference_solve(
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if not static and col % g == 0:
+            if not static and col % g == 0:  # group-aware order keeps groups whole and aligned
                 current = W1[:, i : i + g] if g < block_size else W[:, col : col + g]
-                scales[:, col // g], zeros[:, col // g] = weight_qparams(current, bits, sym, mse_clip)
+                kg = int(g_idx[perm[col]])
+                scales[:, kg], zeros[:, kg] = weight_qparams(current, bits, sym, mse_clip)
             k = int(g_idx[perm[col]])
             w = W1[:, i].clone()
             code = quantize_to_codes(w, scales[:, k], zeros[:, k], bits)

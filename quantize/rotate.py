@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import ArchSpec, get_module, set_module, spec_for
+from .arch import ArchSpec, get_module, set_module, spec_for, untie_head
 from .errors import UserError
 from .hadamard import OnlineHadamard, is_hadamard_order, random_signs
 from .qmodel import QuantLinear
@@ -98,16 +98,6 @@ def _update_rows(param: torch.Tensor, fn, chunk: int = 4096) -> None:
     for start in range(0, data.shape[0], chunk):
         rows = data[start:start + chunk]
         rows.copy_(fn(rows.to(torch.float64)))
-
-
-def _untie_head(model: nn.Module, spec: ArchSpec) -> None:
-    head, embedding = get_module(model, spec.head), get_module(model, spec.embedding)
-    if head.weight is embedding.weight or head.weight.data_ptr() == embedding.weight.data_ptr():
-        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
-        log.info("untied %s from %s for rotation", spec.head, spec.embedding)
-    config = getattr(model, "config", None)
-    if config is not None:
-        config.tie_word_embeddings = False
 
 
 def _check_rms_norm(norm: nn.Module, path: str) -> None:
@@ -201,7 +191,8 @@ def rotate_model(model: nn.Module, seed: int = 0) -> nn.Module:
     _online(geometry[2], "head_dim")
     for size in sorted({b.get_submodule(spec.mlp_out).in_features for b in blocks}):
         _online(size, "intermediate size")
-    _untie_head(model, spec)
+    if untie_head(model, spec):
+        log.info("untied %s from %s for rotation", spec.head, spec.embedding)
     head = get_module(model, spec.head)
     _fuse_norm(get_module(model, spec.final_norm), [head], spec.final_norm)
     _update_rows(get_module(model, spec.embedding).weight, rot.right)

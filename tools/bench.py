@@ -9,8 +9,10 @@ Subcommands (the first argument; anything else is ``latency``):
              speedup, size, peak host memory; bench.json, bench.csv, bench.png.
     solver   seconds per layer of RTN / GPTQ / GPTAQ on real layer shapes, GPTAQ/GPTQ ratio,
              peak memory; CPU, and CUDA when present.
-    quality  held-out perplexity of FP / RTN / GPTQ / GPTAQ on SmolLM2-135M (or any LLM),
-             quantization seconds (solver vs the rest) and peak host memory.
+    quality  held-out perplexity of FP / RTN / GPTQ / GPTAQ on SmolLM2-135M (or any LLM) over a
+             grid of levers (column order, MSE clip, asymmetric grid, damping, quantized head),
+             optionally GPTQModel side by side and ORT decode ms/token of quantized heads;
+             quantization seconds and peak host memory; JSON + CSV + PNG.
     vit      top-1 of FP / RTN / GPTQ / GPTAQ on a small timm ViT trained on scikit-learn's
              digits (real scans), at W4A16 / W4A4 / W3A16 / W2A4.
     rotation held-out perplexity of FP / rotated FP and of RTN / GPTQ / GPTAQ at W4A4 and
@@ -54,18 +56,8 @@ def build_parser() -> ArgumentParser:
     solver.add_argument("-v", "--verbose", action="store_true")
     solver.set_defaults(run=solver_bench.main)
 
-    quality = sub.add_parser("quality", help="held-out perplexity of FP / RTN / GPTQ / GPTAQ on a real LLM")
-    quality.add_argument("--model", default=None, help="model to quantize (default: SmolLM2-135M demo)")
-    quality.add_argument("--schemes", nargs="+", default=["w4g128", "w3g128"], help="e.g. w4g128 w3g128 w4 (per channel)")
-    quality.add_argument("--methods", nargs="+", default=list(quality_bench.METHODS), choices=quality_bench.METHODS)
-    quality.add_argument("--nsamples", type=int, default=32)
-    quality.add_argument("--seqlen", type=int, default=512)
-    quality.add_argument("--eval-seqlen", type=int, default=2048)
-    quality.add_argument("--eval-windows", type=int, default=10, help="held-out windows scored (default 10)")
-    quality.add_argument("--act-order", action="store_true")
-    quality.add_argument("--mse-clip", action="store_true")
-    quality.add_argument("--json", metavar="FILE")
-    quality.add_argument("-v", "--verbose", action="store_true")
+    quality = sub.add_parser("quality", help="held-out perplexity of FP / RTN / GPTQ / GPTAQ (and GPTQModel) on a real LLM")
+    quality_bench.add_arguments(quality)
     quality.set_defaults(run=quality_bench.main)
 
     vit = sub.add_parser("vit", help="ViT top-1 after RTN / GPTQ / GPTAQ on real digit images")

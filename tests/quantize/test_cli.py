@@ -43,6 +43,22 @@ def test_quantize_cli_end_to_end(model_dir, calib_file, tmp_path, capsys):
     assert "time: load" in summary and "solver" in summary
 
 
+def test_group_reorder_and_quantized_head_flags(model_dir, calib_file, tmp_path, capsys):
+    out = tmp_path / "gar"
+    args = base_args(model_dir, calib_file, out) + ["--method", "gptq", "--reorder", "group", "--head-bits", "8"]
+    assert cli(args + ["--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["reorder"], printed["act_order"], printed["head_bits"], printed["head_group_size"]) == ("group", False, 8, -1)
+    assert cli(args) == 0
+    meta = json.loads((out / "quant_config.json").read_text())
+    assert meta["quant_config"]["reorder"] == "group" and "lm_head" in meta["quantized_modules"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["lm_head"] is True and config["quantization_config"]["desc_act"] is False
+    assert "head (lm_head)" in capsys.readouterr().out
+    assert cli(base_args(model_dir, calib_file, tmp_path / "ao") + ["--act-order", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["reorder"] == "act"
+
+
 def test_rotated_w4a4_cli_records_rotation(model_dir, calib_file, tmp_path, capsys):
     out = tmp_path / "rot"
     assert cli(base_args(model_dir, calib_file, out) + ["--rotate", "--a-bits", "4"]) == 0
@@ -59,6 +75,8 @@ def test_rotated_w4a4_cli_records_rotation(model_dir, calib_file, tmp_path, caps
     (["--method", "awq"], "invalid choice: 'awq'"),
     (["--seqlen", "100000"], "calibration text has"),
     (["--device", "cuda:7"], "CUDA is not available"),
+    (["--act-order", "--reorder", "group"], "--act-order is --reorder act; it contradicts --reorder group"),
+    (["--head-bits", "6"], "QuantConfig.head_bits=6 is invalid"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, calib_file, tmp_path, capsys, extra, message):
     out = tmp_path / "q"

@@ -1,15 +1,26 @@
+import importlib.util
 import json
 import math
+
+import pytest
 
 from quantize.cli import run_cli
 from tiny_models import save_tiny_llama
 from tools import bench
-from tools.quality_bench import gap_closed, parse_scheme
+from tools.quality_bench import QualityCase, gap_closed, grid_cases, parse_case, parse_scheme
 
 
-def test_parse_scheme_and_gap():
+def test_parse_scheme_case_grid_and_gap():
     assert parse_scheme("w4g128") == (4, 128) and parse_scheme("W3") == (3, -1)
     assert gap_closed(10.0, 14.0, 12.0) == 0.5 and math.isnan(gap_closed(10.0, 9.0, 9.5))
+    case = parse_case("gptaq w4g128 reorder=group mse_clip=1 head_bits=8")
+    assert case == QualityCase("gptaq", 4, 128, {"reorder": "group", "mse_clip": True, "head_bits": 8})
+    assert case.without_head() == QualityCase("gptaq", 4, 128, {"reorder": "group", "mse_clip": True})
+    assert case.key == "gptaq_w4g128_head_bits-8_mse_clip-True_reorder-group"
+    grid = grid_cases(["w4g128"], ["rtn", "gptq"], ["none", "group"], ["off", "on"])
+    assert len(grid) == 2 + 4  # RTN ignores the column order
+    with pytest.raises(Exception, match="not one of"):
+        parse_case("gptq w4g128 colour=blue")
 
 
 def test_bad_scheme_exit_2(capsys):
@@ -17,14 +28,27 @@ def test_bad_scheme_exit_2(capsys):
     assert "scheme 'int4' is not like w4g128" in capsys.readouterr().err
 
 
-def test_quality_bench_runs_every_method_on_a_tiny_model(tmp_path, capsys):
+def test_quality_bench_runs_a_grid_resumes_and_writes_json_csv_png(tmp_path, capsys):
     model = save_tiny_llama(tmp_path / "tiny")
-    out = tmp_path / "quality.json"
-    code = bench.main(["quality", "--model", str(model), "--schemes", "w4g32", "--nsamples", "4", "--seqlen", "16",
-                       "--eval-seqlen", "32", "--eval-windows", "2", "--json", str(out)])
+    out = tmp_path / "quality"
+    common = ["quality", "--model", str(model), "--nsamples", "4", "--seqlen", "16", "--eval-seqlen", "32",
+              "--eval-windows", "2", "--out", str(out)]
+    code = bench.main(common + ["--schemes", "w4g32", "--methods", "fp", "rtn", "gptaq", "--reorders", "none", "group",
+                                "--case", "gptq w4g32 reorder=group head_bits=8", "--case", "gptq w4g32 reorder=group",
+                                "--decode", "--decode-context", "8", "--decode-steps", "3", "--decode-repeats", "1"])
     assert code == 0
     table = capsys.readouterr().out
-    assert "FP perplexity" in table and "| W4 g32 |" in table
-    results = json.loads(out.read_text())["results"]
-    assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptaq"]
-    assert all(r["ppl"] > 1 for r in results)
+    assert "FP perplexity" in table and "| W4 g32 | gptaq | reorder=group |" in table
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptq", "gptaq", "gptaq"]
+    assert all(r["ppl"] > 1 for r in results) and all(r["quant_seconds"] > 0 for r in results[1:])
+    assert (out / "results.csv").read_text().count("\n") == 7
+    decode = json.loads((out / "decode.json").read_text())  # the head case and its float-head twin, in ORT
+    assert sorted(decode) == ["gptq_w4g32_head_bits-8_reorder-group", "gptq_w4g32_reorder-group"]
+    assert all(d["ms_per_token"] > 0 and d["steps"] == 3 for d in decode.values())
+    assert "ORT CPU decode ms/token" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "results.png").stat().st_size > 1000
+    stamp = (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns
+    assert bench.main(common + ["--schemes", "w4g32", "--methods", "rtn"]) == 0  # finished cases are kept, not rerun
+    assert (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns == stamp

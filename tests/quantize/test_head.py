@@ -1,0 +1,68 @@
+"""Quantized LM head: calibrated on the final-norm outputs, untied from the embedding, saved and loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from quantize import QuantConfig, load_quantized, quantize_model, save_quantized
+from quantize.errors import ConfigError, UserError
+from quantize.qmodel import QuantLinear
+from tiny_models import tiny_hf_vit, tiny_llama, token_batch
+
+
+@pytest.mark.parametrize("method,bits,group", [("gptaq", 8, -1), ("gptq", 4, 32), ("rtn", 8, -1)])
+def test_quantized_head_unties_keeps_embedding_exact_and_round_trips(tmp_path, method, bits, group):
+    model = tiny_llama(tie_word_embeddings=True)
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    config = QuantConfig(method=method, group_size=32, reorder="group" if method != "rtn" else "none",
+                         head_bits=bits, head_group_size=group)
+    quantize_model(model, token_batch(), config, progress=False)
+    head = model.lm_head
+    assert isinstance(head, QuantLinear) and (head.bits, head.group_size) == (bits, group)
+    assert head.input_quant.bits == 16
+    assert torch.equal(model.model.embed_tokens.weight, embedding)  # the embedding stays exact
+    assert head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert not model.config.tie_word_embeddings
+    relative = ((head.weight - embedding).norm() / embedding.norm()).item()
+    assert relative < {8: 0.02, 4: 0.2}[bits]  # a quantization of the old tied weight
+    assert not torch.equal(head.weight, embedding)
+    entry = [e for e in model.quant_state.log if e["name"] == "lm_head"]
+    assert len(entry) == 1 and (entry[0]["loss"] > 0) == (method != "rtn")  # the solver ran on final-norm outputs
+    out = save_quantized(model, tmp_path / "ckpt")
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qcfg["lm_head"] is True
+    assert ("dynamic" in qcfg) == ((bits, group) != (4, 32))
+    loaded = load_quantized(out)
+    assert isinstance(loaded.lm_head, QuantLinear) and loaded.lm_head.bits == bits
+    ids = token_batch(2, 12, seed=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert torch.equal(loaded.model.embed_tokens.weight, embedding)
+
+
+def test_solver_head_beats_rtn_head_on_final_norm_outputs():
+    """The head is calibrated with the same solver: on the calibration hidden states, its output
+    error is below round-to-nearest's."""
+    calib = token_batch(8, 32)
+    errors = {}
+    for method in ("gptq", "rtn"):
+        model = tiny_llama(tie_word_embeddings=True)
+        fp_weight = model.lm_head.weight.detach().clone()
+        quantize_model(model, calib, QuantConfig(method=method, w_bits=8, group_size=32, head_bits=4, head_group_size=32),
+                       progress=False)
+        with torch.no_grad():
+            hidden = model.model(calib).last_hidden_state
+            errors[method] = (hidden @ (model.lm_head.weight - fp_weight).t()).pow(2).sum().item()
+    assert errors["gptq"] < errors["rtn"]
+
+
+def test_head_config_is_validated_and_refused_where_unsupported():
+    with pytest.raises(ConfigError, match="head_bits"):
+        QuantConfig(head_bits=6)
+    with pytest.raises(ConfigError, match="head_group_size"):
+        QuantConfig(head_bits=4, head_group_size=48)
+    with pytest.raises(UserError, match="head"):
+        quantize_model(tiny_hf_vit(), torch.randn(4, 3, 32, 32), QuantConfig(method="rtn", head_bits=8), progress=False)
