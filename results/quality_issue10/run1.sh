@@ -1,8 +1,8 @@
 #!/bin/bash
 # One run of the issue-10 quality table (cases in priority order; resumable with the same --out).
-cd /work/bench_levers
-export PYTHONPATH=/tmp/snap_levers
-exec flock /tmp/cpu.lock /work/main/.venv/bin/python -m tools.bench quality --out /work/bench_levers/quality \
+# Run from anywhere; results go to runs/quality_issue10 in the repository.
+cd "$(dirname "$0")/../.."
+exec .venv/bin/python -m tools.bench quality --out runs/quality_issue10 \
   --schemes --methods fp \
   --case "gptaq w4g128 reorder=group mse_clip=1" \
   --case "gptaq w4g128" \
@@ -31,4 +31,4 @@ exec flock /tmp/cpu.lock /work/main/.venv/bin/python -m tools.bench quality --ou
   --case "gptaq w4g128 reorder=group mse_clip=1 damp=0.05" \
   --case "gptaq w3g128 reorder=group" \
   --case "gptaq w3g128" \
-  --gptqmodel-python /work/venvs/gptqmodel/bin/python --decode -v
+  --gptqmodel-python "${GPTQMODEL_PYTHON:?set GPTQMODEL_PYTHON to the python of a venv with gptqmodel 7.7}" --decode -v
