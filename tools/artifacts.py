@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from quantize.errors import UserError
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,7 @@ class SessionArtifact(Artifact):
         self.meta = read_export_meta(resolved.directory)
         self.specs = self.session.input_metadata()
         self.layout = cache_layout(self.session) if "input_ids" in self.specs else None
+        self.kv = kv_layout(path, self.specs) if self.layout else []
         try:
             self.tokenizer = load_tokenizer(resolved.directory, self.meta) if "input_ids" in self.specs else None
         except UserError:
@@ -284,9 +288,8 @@ class SessionArtifact(Artifact):
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, seq), np.int64)}
         if "position_ids" in self.specs:
             feeds["position_ids"] = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))
-        for name, _ in self.layout or []:
-            spec = self.specs[name]
-            feeds[name] = np.zeros((batch, spec.shape[1], 0, spec.shape[3]), dtype=spec.dtype)
+        for name, dtype, heads, head_dim in self.kv:
+            feeds[name] = np.zeros((batch, heads, 0, head_dim), dtype=dtype)
         return self.session.run(feeds)["logits"].astype(np.float32, copy=False)
 
     def image_logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -342,3 +345,59 @@ def open_artifact(path: str | os.PathLike, *, backend: str | None = None, provid
     if backend == "torch":
         raise UserError(f"{text} is an ONNX / engine artifact; --backend torch runs checkpoints and FP models only")
     return SessionArtifact(text, kind, backend=backend, provider=provider, threads=threads, accuracy_level=accuracy_level)
+
+
+def kv_layout(path: str, specs) -> list[tuple[str, np.dtype, int, int]]:
+    """``(name, dtype, kv heads, head size)`` of every cache input; sizes from the graph's input shapes,
+    else (a symbolic head size, as onnxruntime-genai's builder writes) from the graph itself."""
+    past = sorted((int(m.group(1)), m.group(2) != "key", name) for name in specs if (m := _PAST.match(name)))
+    if not past:
+        raise UserError(f"{path} has no past_key_values.N.key/value inputs: bench times prefill and decode over the "
+                        "KV cache (export without --no-kv-cache)")
+    inferred: tuple[int | None, int | None] | None = None
+    out = []
+    for _, _, name in past:
+        shape = specs[name].shape
+        if len(shape) != 4:
+            raise UserError(f"{path}: {specs[name].describe()} is not [batch, kv_heads, past, head_size]")
+        heads, head_dim = shape[1], shape[3]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            inferred = inferred or _graph_kv_sizes(path)
+            heads = heads if isinstance(heads, int) else inferred[0]
+            head_dim = head_dim if isinstance(head_dim, int) else inferred[1]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            raise UserError(f"{path}: {specs[name].describe()} has a symbolic head count or head size that the graph "
+                            "does not determine")
+        out.append((name, specs[name].dtype, heads, head_dim))
+    return out
+
+
+def _graph_kv_sizes(path: str) -> tuple[int | None, int | None]:
+    """(kv heads, head size) from ``genai_config.json`` beside the model, else from a
+    ``GroupQueryAttention`` node (its ``kv_num_heads`` and the packed QKV MatMulNBits width)."""
+    import json
+
+    from runtime.load import resolve_artifact
+
+    model_file = resolve_artifact(path).model_file
+    config = model_file.parent / "genai_config.json"
+    if config.is_file():
+        decoder = (json.loads(config.read_text()).get("model") or {}).get("decoder") or {}
+        if decoder.get("head_size"):
+            return decoder.get("num_key_value_heads"), int(decoder["head_size"])
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        heads, kv_heads = int(attrs.get("num_heads", 0)), int(attrs.get("kv_num_heads", 0))
+        packed = len(node.input) < 3 or not node.input[1]
+        qkv = producers.get(node.input[0])
+        widths = {helper.get_attribute_value(a) for a in qkv.attribute if a.name == "N"} if qkv is not None else set()
+        if packed and widths and heads and kv_heads:
+            return kv_heads, int(widths.pop()) // (heads + 2 * kv_heads)
+    return None, None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import re
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,9 +36,10 @@ import numpy as np
 from quantize.config import _JsonConfig
 from quantize.errors import ConfigError, UserError
 
+from tools.artifacts import kv_layout
+
 log = logging.getLogger("tools.bench")
 
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 SCHEMA_VERSION = 1
 
 
@@ -153,67 +153,11 @@ def open_model(label: str, path: str, config: LatencyConfig) -> Model:
     if kind is None or "logits" not in session.output_metadata():
         raise UserError(f"{path} takes {', '.join(specs)}; bench needs an LLM (input_ids, attention_mask[, position_ids], "
                         "past_key_values.N.key/value -> logits) or a ViT (pixel_values -> logits)")
-    kv = _kv_layout(path, specs) if kind == "llm" else []
+    kv = kv_layout(path, specs) if kind == "llm" else []
     logits = session.output_metadata()["logits"]
     vocab = meta.get("vocab_size") or (logits.shape[-1] if isinstance(logits.shape[-1], int) else 32)
     info = _artifact_info(label, path, resolved, meta, session, config)
     return Model(label, path, session, info, kind, kv, int(vocab), meta.get("max_seq_len"))
-
-
-def _kv_layout(path: str, specs) -> list[tuple[str, np.dtype, int, int]]:
-    """``(name, dtype, kv heads, head size)`` of every cache input; sizes from the graph's input shapes,
-    else (a symbolic head size, as onnxruntime-genai's builder writes) from the graph itself."""
-    past = sorted((int(m.group(1)), m.group(2) != "key", name) for name in specs if (m := _PAST.match(name)))
-    if not past:
-        raise UserError(f"{path} has no past_key_values.N.key/value inputs: bench times prefill and decode over the "
-                        "KV cache (export without --no-kv-cache)")
-    inferred: tuple[int | None, int | None] | None = None
-    out = []
-    for _, _, name in past:
-        shape = specs[name].shape
-        if len(shape) != 4:
-            raise UserError(f"{path}: {specs[name].describe()} is not [batch, kv_heads, past, head_size]")
-        heads, head_dim = shape[1], shape[3]
-        if not isinstance(heads, int) or not isinstance(head_dim, int):
-            inferred = inferred or _graph_kv_sizes(path)
-            heads = heads if isinstance(heads, int) else inferred[0]
-            head_dim = head_dim if isinstance(head_dim, int) else inferred[1]
-        if not isinstance(heads, int) or not isinstance(head_dim, int):
-            raise UserError(f"{path}: {specs[name].describe()} has a symbolic head count or head size that the graph "
-                            "does not determine")
-        out.append((name, specs[name].dtype, heads, head_dim))
-    return out
-
-
-def _graph_kv_sizes(path: str) -> tuple[int | None, int | None]:
-    """(kv heads, head size) from ``genai_config.json`` beside the model, else from a
-    ``GroupQueryAttention`` node (its ``kv_num_heads`` and the packed QKV MatMulNBits width)."""
-    import json
-
-    from runtime.load import resolve_artifact
-
-    model_file = resolve_artifact(path).model_file
-    config = model_file.parent / "genai_config.json"
-    if config.is_file():
-        decoder = (json.loads(config.read_text()).get("model") or {}).get("decoder") or {}
-        if decoder.get("head_size"):
-            return decoder.get("num_key_value_heads"), int(decoder["head_size"])
-    import onnx
-    from onnx import helper
-
-    graph = onnx.load(str(model_file), load_external_data=False).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    for node in graph.node:
-        if node.op_type != "GroupQueryAttention":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        heads, kv_heads = int(attrs.get("num_heads", 0)), int(attrs.get("kv_num_heads", 0))
-        packed = len(node.input) < 3 or not node.input[1]
-        qkv = producers.get(node.input[0])
-        widths = {helper.get_attribute_value(a) for a in qkv.attribute if a.name == "N"} if qkv is not None else set()
-        if packed and widths and heads and kv_heads:
-            return kv_heads, int(widths.pop()) // (heads + 2 * kv_heads)
-    return None, None
 
 
 def _artifact_info(label, path, resolved, meta, session, config: LatencyConfig) -> dict[str, Any]:
