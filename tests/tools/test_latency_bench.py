@@ -102,13 +102,12 @@ def test_bench_refusals_exit_2(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (expected, err)
 
 
-def test_plain_onnx_with_model_builder_inputs(tmp_path, tiny_onnx):
+def _builder_like_onnx(tmp_path, layers=2, heads=2, head_dim=8, vocab=50):
     """A bare .onnx without export.json and without position_ids, its head size symbolic in the inputs
     and stated by genai_config.json (as onnxruntime-genai's model builder writes them)."""
     import onnx
     from onnx import TensorProto, helper
 
-    layers, heads, head_dim, vocab = 2, 2, 8, 50
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
     outputs, nodes = [], []
@@ -127,6 +126,23 @@ def test_plain_onnx_with_model_builder_inputs(tmp_path, tiny_onnx):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
     (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": head_dim,
                                                                                   "num_key_value_heads": heads}}}))
+    return path
+
+
+def test_validate_artifact_reads_a_builder_like_onnx(tmp_path):
+    from tools.artifacts import SessionArtifact
+
+    path = _builder_like_onnx(tmp_path)
+    art = SessionArtifact(str(path), "onnx")
+    ids = np.array([[1, 2, 3, 4]], dtype=np.int64)
+    assert [k[2:] for k in art.kv] == [(2, 8)] * 4
+    logits = art.lm_logits(ids)
+    assert logits.shape == (1, 4, 50) and (logits.argmax(-1) == ids).all()
+
+
+def test_plain_onnx_with_model_builder_inputs(tmp_path, tiny_onnx):
+    layers, heads, head_dim, vocab = 2, 2, 8, 50
+    path = _builder_like_onnx(tmp_path, layers, heads, head_dim, vocab)
     config = LatencyConfig(artifacts=(str(path),), prompt_lengths=(4,), cache_lengths=(6,), warmup=0, iterations=2,
                            memory=False)
     model = open_model("builder", str(path), config)
