@@ -18,6 +18,7 @@ Errors are one-line :class:`~quantize.errors.UserError`.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -109,7 +110,7 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()
 
 
-class Artifact:
+class Artifact(abc.ABC):
     """A loaded artifact: ``lm_logits`` / ``image_logits`` plus what reports need (:attr:`info`)."""
 
     info: ArtifactInfo
@@ -124,13 +125,13 @@ class Artifact:
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model (idempotent)."""
 
+    @abc.abstractmethod
     def lm_logits(self, ids: np.ndarray) -> np.ndarray:
         """Next-token logits ``[b, S, V]`` (fp32) of token windows ``ids [b, S]`` (int64), no cache."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def image_logits(self, pixels: np.ndarray) -> np.ndarray:
         """Class logits ``[n, classes]`` (fp32) of ``pixels [n, 3, H, W]`` (fp32, preprocessed)."""
-        raise NotImplementedError
 
     def image_transform(self) -> Callable | None:
         """PIL image -> ``[3, H, W]`` float tensor as this model was trained with (``None``: unknown)."""
