@@ -16,7 +16,7 @@ from typing import Sequence
 
 from quantize.cli import ArgumentParser, run_cli, setup_logging
 
-from .config import DTYPES, MIN_OPSET, TARGETS, ExportConfig
+from .config import DTYPES, GRAPHS, MIN_OPSET, TARGETS, ExportConfig
 
 log = logging.getLogger("export")
 
@@ -33,6 +33,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=2048, help="longest sequence the artifact is meant for (recorded for runtimes)")
     p.add_argument("--a-bits", type=int, default=None, choices=[16],
                    help="16: drop the model's activation quantizers (deploy W4A4 weights as W4A16)")
+    p.add_argument("--graph", choices=GRAPHS, default="auto",
+                   help="LLMs: fused (ONNX Runtime GroupQueryAttention layout, fast decode), generic (traced; "
+                        "ORT and TensorRT) or auto (fused for --target ort when the model qualifies)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -42,7 +45,7 @@ def build_parser() -> ArgumentParser:
 def config_from_args(args) -> ExportConfig:
     dtype = args.dtype or ("fp16" if args.target == "trt" else "fp32")
     return ExportConfig(target=args.target, dtype=dtype, opset=args.opset, kv_cache=not args.no_kv_cache,
-                        max_seq_len=args.max_seq_len, a_bits=args.a_bits)
+                        max_seq_len=args.max_seq_len, a_bits=args.a_bits, graph=args.graph)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,6 +79,14 @@ def check_capability(weights: Sequence["LayerScheme"], config: "ExportConfig") -
             "in fp16 and TensorRT 11 is strongly typed, so the graph itself must be fp16; export with --dtype fp16")
 
 
+def check_contrib_ops(model: "onnx.ModelProto") -> None:
+    """Refuse, for TensorRT, a graph with ONNX Runtime contrib operators (the fused decoder)."""
+    contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
+    if contrib:
+        raise CapabilityError(f"this graph uses ONNX Runtime operators TensorRT cannot parse ({', '.join(contrib)}; "
+                              "written by --graph fused); export the model again with --target trt")
+
+
 def check_model(model: "onnx.ModelProto | str | os.PathLike") -> None:
     """onnx.checker full check (with strict shape inference); :class:`ExportError` on failure.
 

@@ -13,6 +13,8 @@ from quantize.config import _check_type, _JsonConfig
 from quantize.errors import ConfigError
 
 TARGETS = ("ort", "trt")
+#: ``auto``: the fused ONNX Runtime decoder where the model and target allow it, else generic.
+GRAPHS = ("auto", "fused", "generic")
 DTYPES = ("fp32", "fp16")
 #: INT4 / UINT4 and ``DequantizeLinear(block_size=...)`` exist from opset 21.
 MIN_OPSET = 21
@@ -39,6 +41,11 @@ class ExportConfig(_JsonConfig):
         a_bits: ``None`` exports the activation quantizers the model was quantized with;
             ``16`` drops them, e.g. to deploy the weights of a (rotated) W4A4 model as W4A16
             in TensorRT.
+        graph: decoder LLMs only: ``"generic"`` traces the PyTorch model (one graph for ORT and
+            TensorRT); ``"fused"`` writes ONNX Runtime's fused decoder operators
+            (GroupQueryAttention, SkipSimplifiedLayerNormalization, packed q|k|v and gate|up
+            INT4 blocks; :mod:`export.ort_fused`), several times faster to decode on ORT;
+            ``"auto"`` picks ``fused`` for ``target="ort"`` when the model qualifies.
     """
 
     target: str = "ort"
@@ -47,6 +54,7 @@ class ExportConfig(_JsonConfig):
     kv_cache: bool = True
     max_seq_len: int = 2048
     a_bits: int | None = None
+    graph: str = "auto"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -63,6 +71,10 @@ class ExportConfig(_JsonConfig):
         _check_type(owner, "max_seq_len", self.max_seq_len, int, allowed_len)
         if not 1 <= self.max_seq_len <= MAX_SEQ_LEN_LIMIT:
             raise ConfigError(owner, "max_seq_len", self.max_seq_len, allowed_len)
+        if self.graph not in GRAPHS:
+            raise ConfigError(owner, "graph", self.graph, f"one of {', '.join(GRAPHS)}")
+        if self.graph == "fused" and self.target != "ort":
+            raise ConfigError(owner, "graph", self.graph, "auto or generic for target trt (fused uses ONNX Runtime operators)")
         if self.a_bits is not None:
             _check_type(owner, "a_bits", self.a_bits, int, "null (as quantized) or 16 (drop activation quantization)")
             if self.a_bits != 16:

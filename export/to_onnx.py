@@ -452,13 +452,19 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
 
     weights = quant_weights(model, config.a_bits)
     plan = _llm_plan(model, config, dtype) if spec.modality == "text" else _vision_plan(model, spec.library, dtype)
-    device = next(model.parameters()).device
-    plan.args = tuple(a.to(device) for a in plan.args)
-    with _float_linears(model):
-        proto = _trace(plan, config.opset)
-    _clean_metadata(proto)
-    mapping = rewrite_quantized(proto, weights, dtype=config.dtype, scope_prefix=SCOPE_PREFIX) if weights else {}
-    _name_by_module(proto)
+    graph = _graph_kind(model, spec, config)
+    if graph == "fused":
+        from .ort_fused import build_fused_decoder
+
+        proto, mapping = build_fused_decoder(model, spec, config, weights)
+    else:
+        device = next(model.parameters()).device
+        plan.args = tuple(a.to(device) for a in plan.args)
+        with _float_linears(model):
+            proto = _trace(plan, config.opset)
+        _clean_metadata(proto)
+        mapping = rewrite_quantized(proto, weights, dtype=config.dtype, scope_prefix=SCOPE_PREFIX) if weights else {}
+        _name_by_module(proto)
     if len(mapping) != len(layers):
         raise ExportError(f"internal error: {len(layers)} quantized Linears but {len(mapping)} rewritten")
     scheme = scheme_name(layers, config.dtype)
@@ -487,6 +493,7 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
             "onnx_sha256": _sha256_files([model_path], names=False),
             "task": plan.task,
             "arch": spec.name,
+            "graph": graph,
             "config": config.to_dict(),
             "opset": config.opset,
             "dtype": config.dtype,
@@ -509,6 +516,21 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
         raise
     log.info("exported %s (%s, %d quantized Linears) to %s", source.description, scheme, len(mapping), out / MODEL_FILE)
     return out
+
+
+def _graph_kind(model: nn.Module, spec, config: ExportConfig) -> str:
+    """``"fused"`` or ``"generic"`` for this model and config (``graph="fused"`` that cannot be: UserError)."""
+    if spec.modality != "text" or config.graph == "generic":
+        return "generic"
+    from .ort_fused import unsupported_reason
+
+    reason = unsupported_reason(model, spec, config)
+    if reason is None:
+        return "fused"
+    if config.graph == "fused":
+        raise UserError(f"--graph fused is not possible for this model: {reason}; use --graph generic")
+    log.info("generic graph: %s", reason)
+    return "generic"
 
 
 def _set_model_metadata(proto, scheme: str, source: Source) -> None:

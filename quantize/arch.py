@@ -46,6 +46,12 @@ class ArchSpec:
             that input is final, the walker replays the submodule from the cached input instead
             of recomputing it (e.g. skips Q/K/V and attention in later passes). The linear must
             be the first member of its group.
+        fused_decoder: the family is a pre-norm RMSNorm decoder with rotate-half RoPE,
+            grouped-query attention and a SiLU-gated MLP, so :mod:`export.ort_fused` can write
+            it with ONNX Runtime's fused operators (``GroupQueryAttention``,
+            ``SkipSimplifiedLayerNormalization``); it then also needs ``mlp_gate`` / ``mlp_up``
+            (block-relative gate and up projections) and ``rotary`` (the model's rotary
+            embedding module, which computes the cos/sin tables).
     """
 
     name: str
@@ -66,6 +72,10 @@ class ArchSpec:
     mlp_out: str | None = None
     attn_v: str | None = None
     replay: tuple[tuple[str, str, bool], ...] = ()
+    fused_decoder: bool = False
+    mlp_gate: str | None = None
+    mlp_up: str | None = None
+    rotary: str | None = None
 
     def group_members(self, block: nn.Module) -> list[list[str]]:
         """The groups' Linear names that exist in ``block`` (each group non-empty)."""
@@ -100,12 +110,16 @@ _DECODER = dict(
     mlp_out="mlp.down_proj",
     attn_v="self_attn.v_proj",
     replay=(("self_attn", "self_attn.o_proj", True), ("mlp", "mlp.down_proj", False)),
+    mlp_gate="mlp.gate_proj",
+    mlp_up="mlp.up_proj",
+    rotary="model.rotary_emb",
 )
 
 REGISTRY: tuple[ArchSpec, ...] = (
-    ArchSpec(name="llama", classes=("LlamaForCausalLM",), **_DECODER),
-    ArchSpec(name="mistral", classes=("MistralForCausalLM",), **_DECODER),
-    ArchSpec(name="qwen2", classes=("Qwen2ForCausalLM",), **_DECODER),
+    ArchSpec(name="llama", classes=("LlamaForCausalLM",), fused_decoder=True, **_DECODER),
+    ArchSpec(name="mistral", classes=("MistralForCausalLM",), fused_decoder=True, **_DECODER),
+    ArchSpec(name="qwen2", classes=("Qwen2ForCausalLM",), fused_decoder=True, **_DECODER),
+    # Qwen3's per-head q/k RMSNorm is not written by the fused builder (yet): generic graph.
     ArchSpec(name="qwen3", classes=("Qwen3ForCausalLM",), **_DECODER),
     ArchSpec(
         name="hf-vit",

@@ -230,8 +230,10 @@ def check_build_capability(proto, model_path: Path, backend: str) -> tuple[str, 
     For TensorRT the graph dtype rule is left to :mod:`runtime.trt`, which knows the TensorRT
     version (TensorRT 10 may build an fp32 graph with the FP16 flag; TensorRT 11 may not).
     """
-    from export.check import check_capability, graph_dtype, layers_from_onnx
+    from export.check import check_capability, check_contrib_ops, graph_dtype, layers_from_onnx
 
+    if backend == "trt":
+        check_contrib_ops(proto)
     dtype = graph_dtype(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     layers = layers_from_onnx(proto, model_path.parent)

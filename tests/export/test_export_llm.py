@@ -27,7 +27,8 @@ def _dq_blocks(model: onnx.ModelProto):
     return [(n, [inits.get(i) for i in n.input]) for n in model.graph.node if n.op_type == "DequantizeLinear"]
 
 
-@pytest.mark.parametrize("scheme,fields,wtype", [("sym", {}, TensorProto.INT4), ("asym", {"kv_cache": False}, TensorProto.UINT4)])
+@pytest.mark.parametrize("scheme,fields,wtype", [("sym", {"graph": "generic"}, TensorProto.INT4),
+                                                 ("asym", {"kv_cache": False}, TensorProto.UINT4)])
 def test_graph_passes_checker_and_holds_int4_blocks(exported, reference, scheme, fields, wtype):
     directory = exported(scheme, **fields)
     onnx.checker.check_model(str(directory / "model.onnx"), full_check=True)
@@ -60,9 +61,11 @@ def test_graph_passes_checker_and_holds_int4_blocks(exported, reference, scheme,
     assert float_weights == ["model.lm_head.weight"] or all("proj" not in n for n in float_weights), float_weights
 
 
-@pytest.mark.parametrize("scheme,fields", [("fp", {"kv_cache": False}), ("sym", {}), ("asym", {"kv_cache": False}),
-                                           ("w4a4", {"kv_cache": False}), ("rot_w4a4", {"kv_cache": False}),
-                                           ("rot_w4a16", {})])
+@pytest.mark.parametrize("scheme,fields", [("fp", {"kv_cache": False}), ("fp", {}), ("sym", {}), ("sym", {"graph": "generic"}),
+                                           ("asym", {"kv_cache": False}), ("asym", {}),
+                                           ("w4a4", {"kv_cache": False}), ("w4a4", {}),
+                                           ("rot_w4a4", {"kv_cache": False}), ("rot_w4a4", {}),
+                                           ("rot_w4a16", {}), ("rot_w4a16", {"graph": "generic"})])
 def test_ort_matches_pytorch(exported, reference, llm_feeds, scheme, fields):
     ids = token_batch(2, 11, seed=5).numpy()
     with torch.no_grad():
@@ -141,10 +144,11 @@ def test_rotated_w4a4_deploys_as_w4a16_for_tensorrt(checkpoint, reference, llm_f
     assert np.abs(got - ref).max() < 2e-2 * np.abs(ref).max()
 
 
-def test_kv_cache_decode_equals_full_recompute(exported, reference, llm_feeds):
+@pytest.mark.parametrize("graph", ["fused", "generic"])
+def test_kv_cache_decode_equals_full_recompute(exported, reference, llm_feeds, graph):
     ids = token_batch(2, 10, seed=7).numpy()
     prompt, steps = 6, 4
-    with _session(exported("sym")) as session:
+    with _session(exported("sym", graph=graph)) as session:
         full = session.run(llm_feeds(ids, session))["logits"]
         out = session.run(llm_feeds(ids[:, :prompt], session))
         np.testing.assert_allclose(out["logits"], full[:, :prompt], rtol=1e-5, atol=1e-5)
@@ -173,12 +177,13 @@ def test_greedy_generation_matches_transformers(exported, reference):
         assert np.array_equal(result.tokens, expected.numpy())
 
 
-def test_ort_cpu_fuses_int4_dq_matmul_into_matmulnbits(exported, tmp_path):
+@pytest.mark.parametrize("graph,matmuls", [("generic", N_LINEARS), ("fused", 8)])  # fused: q|k|v and gate|up packed
+def test_ort_cpu_fuses_int4_dq_matmul_into_matmulnbits(exported, tmp_path, graph, matmuls):
     optimized = tmp_path / "optimized.onnx"
-    with _session(exported("sym"), accuracy_level=None, optimized_model_path=optimized):
+    with _session(exported("sym", graph=graph), accuracy_level=None, optimized_model_path=optimized):
         pass
     ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
-    assert ops.count("MatMulNBits") == N_LINEARS
+    assert ops.count("MatMulNBits") == matmuls
     assert "DequantizeLinear" not in ops
 
 
@@ -192,6 +197,7 @@ def test_export_json_records_source_scheme_and_dynamic_axes(exported, checkpoint
     assert meta["source"]["fingerprint"] == h.hexdigest() and meta["source"]["kind"] == "checkpoint"
     assert meta["scheme"]["name"] == "W4A16" and meta["scheme"]["quantized_layers"] == N_LINEARS
     assert meta["opset"] == 21 and meta["config"]["target"] == "ort" and meta["task"] == "causal-lm"
+    assert meta["graph"] == "fused" and meta["config"]["graph"] == "auto"
     inputs = {i["name"]: i for i in meta["inputs"]}
     assert inputs["input_ids"]["shape"] == ["batch", "sequence"]
     assert inputs["attention_mask"]["shape"] == ["batch", "total_sequence"]

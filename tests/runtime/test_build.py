@@ -87,15 +87,16 @@ def ort_build(tiny_export, tmp_path_factory):
 def test_ort_build_fuses_int4_into_matmulnbits(ort_build):
     src, out = ort_build
     before, after = _ops(src / "model.onnx"), _ops(out / "model.onnx")
-    assert before["DequantizeLinear"] == 14 and "MatMulNBits" not in before
-    assert after.get("MatMulNBits") == 14 and "DequantizeLinear" not in after
+    # The default ORT export is the fused decoder: q|k|v and gate|up share one INT4 block.
+    assert before["DequantizeLinear"] == 8 and "MatMulNBits" not in before
+    assert after.get("MatMulNBits") == 8 and "DequantizeLinear" not in after
     meta = json.loads((out / "build.json").read_text())
     assert meta["backend"] == "ort" and meta["model_file"] == "model.onnx"
     assert meta["source"]["onnx_sha256"] == sha256_file(src / "model.onnx")
     assert meta["model_sha256"] == sha256_file(out / "model.onnx")
-    assert meta["source"]["scheme"] == "W4A16" and meta["source"]["quantized_layers"] == 14
+    assert meta["source"]["scheme"] == "W4A16" and meta["source"]["quantized_layers"] == 8  # DQ blocks read back
     assert meta["environment"]["providers"] == ["CPUExecutionProvider"]
-    assert meta["optimized_ops"]["MatMulNBits"] == 14
+    assert meta["optimized_ops"]["MatMulNBits"] == 8
     assert BuildConfig.from_dict(meta["config"]) == BuildConfig(provider="cpu", accuracy_level=1)
     assert meta["dims"]["past_sequence"] == [0, 128, 2047] and meta["profiles"] is None
     assert meta["build_seconds"] > 0
@@ -149,18 +150,19 @@ def test_trt_without_tensorrt_says_how_to_install(tiny_export, tmp_path, monkeyp
 
     monkeypatch.setattr(trt, "tensorrt_installed", lambda: False)
     with pytest.raises(TensorRTUnavailable, match=r'TensorRT is not installed here.*pip install -e "\.\[trt\]"'):
-        build_engine(tiny_export("sym"), tmp_path / "trt", BuildConfig(backend="trt"))
+        build_engine(tiny_export("sym", graph="generic"), tmp_path / "trt", BuildConfig(backend="trt"))
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 def test_trt_profile_errors_come_before_the_builder(tiny_export, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copyfile(tiny_export("sym") / "model.onnx", bare / "model.onnx")  # no export.json: no default ranges
+    shutil.copyfile(tiny_export("sym", graph="generic") / "model.onnx", bare / "model.onnx")  # no export.json: no default ranges
     with pytest.raises(UserError, match=r"input input_ids has dimension 'batch' on axis 0 .*--profile batch="):
         build_engine(bare, tmp_path / "trt", BuildConfig(backend="trt"))
     with pytest.raises(UserError, match=r"--profile tokens names no dynamic dimension .*batch, past_sequence"):
-        build_engine(tiny_export("sym"), tmp_path / "trt", BuildConfig(backend="trt", profile=[("tokens", 1, 1, 2)]))
+        build_engine(tiny_export("sym", graph="generic"), tmp_path / "trt",
+                     BuildConfig(backend="trt", profile=[("tokens", 1, 1, 2)]))
 
 
 # ---------------------------------------------------------------------------------------

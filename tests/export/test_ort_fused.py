@@ -1,0 +1,103 @@
+"""The fused ONNX Runtime decoder (``--graph fused``): layout, exactness against PyTorch, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export import ExportConfig, export_onnx
+from quantize import QuantConfig, quantize_model
+from quantize.errors import ConfigError, UserError
+from runtime import OrtSession
+from tiny_models import tiny_decoder, token_batch
+
+
+def _session(directory):
+    return OrtSession(directory, providers=["cpu"], threads=1, accuracy_level=1)
+
+
+def _logits(model, ids, mask=None, positions=None):
+    with torch.no_grad():
+        kw = {} if mask is None else {"attention_mask": torch.from_numpy(mask), "position_ids": torch.from_numpy(positions)}
+        return model(torch.from_numpy(ids), **kw).logits.numpy()
+
+
+def test_layout_is_a_few_fused_nodes_per_layer(exported):
+    directory = exported("sym")
+    model = onnx.load(str(directory / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == 2
+    assert ops.count("SkipSimplifiedLayerNormalization") == 4  # 2 per layer, the first one's is the final norm's
+    assert ops.count("DequantizeLinear") == 8  # q|k|v, o, gate|up, down per layer
+    assert len(ops) < 70
+    assert {o.domain for o in model.opset_import} == {"", "com.microsoft"}
+    layers = json.loads((directory / "export.json").read_text())["scheme"]["layers"]
+    packed = "model.layers.0.self_attn.qkv_proj"
+    assert [layers[f"model.layers.0.self_attn.{p}_proj"]["columns"] for p in "qkv"] == [[0, 64], [64, 96], [96, 128]]
+    assert {layers[f"model.layers.0.self_attn.{p}_proj"]["dequantize"] for p in "qkv"} == {f"{packed}/DequantizeLinear"}
+    assert "columns" not in layers["model.layers.1.mlp.down_proj"]
+
+
+def test_left_padded_batch_matches_pytorch(exported, reference):
+    """The attention mask becomes an additive bias: padding anywhere behaves as in the PyTorch model."""
+    ids = token_batch(3, 9, seed=2).numpy()
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    mask[2, 7:] = 0  # right padding
+    positions = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    expect = _logits(reference("sym"), ids, mask, positions)
+    with _session(exported("sym")) as session:
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        for name, spec in session.input_metadata().items():
+            if name.startswith("past_key_values."):
+                feeds[name] = np.zeros((3, spec.shape[1], 0, spec.shape[3]), np.float32)
+        got = session.run(feeds)["logits"]
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], expect[real], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind,overrides", [("qwen2", {}), ("mistral", {"sliding_window": 4})])
+def test_other_families_match_pytorch(kind, overrides, llm_feeds, tmp_path):
+    """Qwen2's q/k/v biases (packed with the weights) and Mistral's sliding window (local_window_size)."""
+    model = quantize_model(tiny_decoder(kind, **overrides), token_batch(), QuantConfig(method="rtn", group_size=32),
+                           progress=False)
+    out = export_onnx(model, tmp_path / kind)
+    assert json.loads((out / "export.json").read_text())["graph"] == "fused"
+    ids = token_batch(2, 11, seed=5).numpy()
+    expect = _logits(model, ids)
+    with _session(out) as session:
+        got = session.run(llm_feeds(ids, session))["logits"]
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=2e-5)
+
+
+def test_same_source_gives_same_bytes(checkpoint, tmp_path):
+    a = export_onnx(checkpoint("sym"), tmp_path / "a")
+    b = export_onnx(checkpoint("sym"), tmp_path / "b")
+    assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
+
+
+def test_refusals(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="graph"):
+        ExportConfig(target="trt", dtype="fp16", graph="fused")
+    with pytest.raises(UserError, match="--graph fused is not possible.*KV cache") as err:
+        export_onnx(checkpoint("sym"), tmp_path / "nokv", ExportConfig(graph="fused", kv_cache=False))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "nokv").exists()
+    # A family without a fused layout falls back to the traced graph under "auto".
+    out = export_onnx(tiny_decoder("qwen3"), tmp_path / "qwen3")
+    assert json.loads((out / "export.json").read_text())["graph"] == "generic"
+
+
+def test_tensorrt_build_refuses_a_fused_graph(exported, tmp_path):
+    from export.check import CapabilityError
+    from runtime.build import check_build_capability
+
+    directory = exported("sym")
+    proto = onnx.load(str(directory / "model.onnx"))
+    with pytest.raises(CapabilityError, match="GroupQueryAttention.*--target trt"):
+        check_build_capability(proto, directory / "model.onnx", "trt")
+    check_build_capability(proto, directory / "model.onnx", "ort")
