@@ -44,7 +44,7 @@ class ExportConfig(_JsonConfig):
         graph: decoder LLMs only: ``"generic"`` traces the PyTorch model (one graph for ORT and
             TensorRT); ``"fused"`` writes ONNX Runtime's fused decoder operators
             (GroupQueryAttention, SkipSimplifiedLayerNormalization, packed q|k|v and gate|up
-            INT4 blocks; :mod:`export.ort_fused`), several times faster to decode on ORT;
+            INT4 blocks; :mod:`export.ort_fused`): ~6x fewer nodes, faster prefill and decode on ORT;
             ``"auto"`` picks ``fused`` for ``target="ort"`` when the model qualifies.
     """
 

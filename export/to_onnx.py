@@ -520,7 +520,11 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
 
 def _graph_kind(model: nn.Module, spec, config: ExportConfig) -> str:
     """``"fused"`` or ``"generic"`` for this model and config (``graph="fused"`` that cannot be: UserError)."""
-    if spec.modality != "text" or config.graph == "generic":
+    if config.graph == "generic":
+        return "generic"
+    if spec.modality != "text":
+        if config.graph == "fused":
+            raise UserError(f"--graph fused is for decoder LLMs; {spec.name} is a vision model (use --graph auto or generic)")
         return "generic"
     from .ort_fused import unsupported_reason
 

@@ -87,6 +87,10 @@ def test_refusals(checkpoint, tmp_path):
         export_onnx(checkpoint("sym"), tmp_path / "nokv", ExportConfig(graph="fused", kv_cache=False))
     assert "\n" not in str(err.value)
     assert not (tmp_path / "nokv").exists()
+    from tiny_models import tiny_hf_vit
+
+    with pytest.raises(UserError, match="decoder LLMs"):
+        export_onnx(tiny_hf_vit(), tmp_path / "vit", ExportConfig(graph="fused"))
     # A family without a fused layout falls back to the traced graph under "auto".
     out = export_onnx(tiny_decoder("qwen3"), tmp_path / "qwen3")
     assert json.loads((out / "export.json").read_text())["graph"] == "generic"
