@@ -291,7 +291,8 @@ class _DecoderWriter:
     def attention_inputs(self) -> tuple[str, str, str]:
         """``seqlens_k [B] int32``, ``total_sequence_length`` scalar int32, additive ``bias [B,1,S,T]``."""
         b, scope = self.b, "attention_mask"
-        total = b.op("Cast", [b.op("Shape", ["attention_mask"], scope, start=1, end=2)], scope, to=TensorProto.INT32)
+        total64 = b.op("Shape", ["attention_mask"], scope, start=1, end=2)
+        total = b.op("Cast", [total64], scope, to=TensorProto.INT32)
         total_scalar = b.op("Squeeze", [total, b.const([0], np.int64)], scope)
         batch = b.op("Shape", ["input_ids"], scope, start=0, end=1)
         seq = b.op("Shape", ["input_ids"], scope, start=1, end=2)
@@ -301,8 +302,7 @@ class _DecoderWriter:
         lowest = float(np.finfo(b.np_float).min)
         bias = b.op("Mul", [b.op("Sub", [mask, b.fconst(1.0)], scope), b.fconst(-lowest)], scope)
         bias = b.op("Unsqueeze", [bias, b.const([1, 2], np.int64)], scope)
-        shape = b.op("Concat", [batch, b.const([1], np.int64), seq,
-                                b.op("Shape", ["attention_mask"], scope, start=1, end=2)], scope, axis=0)
+        shape = b.op("Concat", [batch, b.const([1], np.int64), seq, total64], scope, axis=0)
         return seqlens, total_scalar, b.op("Expand", [bias, shape], scope)
 
     def attention(self, x: str, layer: int, prefix: str, shared: tuple[str, ...]) -> str:
@@ -377,10 +377,7 @@ class _DecoderWriter:
 
     def _model(self) -> onnx.ModelProto:
         b = self.b
-
-        def value(name, elem, dims):
-            return helper.make_tensor_value_info(name, elem, dims)
-
+        value = helper.make_tensor_value_info
         past = [value(f"past_key_values.{i}.{k}", b.onnx_float, ["batch", self.n_kv, "past_sequence", self.head_dim])
                 for i in range(self.n_layers) for k in ("key", "value")]
         present = [value(f"present.{i}.{k}", b.onnx_float, ["batch", self.n_kv, "total_sequence", self.head_dim])

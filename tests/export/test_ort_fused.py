@@ -60,13 +60,19 @@ def test_left_padded_batch_matches_pytorch(exported, reference):
     np.testing.assert_allclose(got[real], expect[real], rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind,overrides", [("qwen2", {}), ("mistral", {"sliding_window": 4})])
+@pytest.mark.parametrize("kind,overrides", [("qwen2", {}), ("mistral", {"sliding_window": 4}),
+                                            ("llama", {"tie_word_embeddings": True})])
 def test_other_families_match_pytorch(kind, overrides, llm_feeds, tmp_path):
-    """Qwen2's q/k/v biases (packed with the weights) and Mistral's sliding window (local_window_size)."""
+    """Qwen2's q/k/v biases (packed with the weights), Mistral's sliding window (local_window_size),
+    and a float head tied to the embedding (one table in the file, transposed for the head)."""
     model = quantize_model(tiny_decoder(kind, **overrides), token_batch(), QuantConfig(method="rtn", group_size=32),
                            progress=False)
     out = export_onnx(model, tmp_path / kind)
     assert json.loads((out / "export.json").read_text())["graph"] == "fused"
+    if overrides.get("tie_word_embeddings"):
+        tables = [t for t in onnx.load(str(out / "model.onnx")).graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT and sorted(t.dims) == [64, 128]]
+        assert len(tables) == 1
     ids = token_batch(2, 11, seed=5).numpy()
     expect = _logits(model, ids)
     with _session(out) as session:
