@@ -450,7 +450,7 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
 
     from .qdq import quant_weights, rewrite_quantized
 
-    weights = quant_weights(model, config.a_bits)
+    weights = quant_weights(model, config.a_bits, ort_blocks=config.target == "ort")
     plan = _llm_plan(model, config, dtype) if spec.modality == "text" else _vision_plan(model, spec.library, dtype)
     graph = _graph_kind(model, spec, config)
     if graph == "fused":

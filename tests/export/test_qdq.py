@@ -10,9 +10,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.check import ExportError
-from export.qdq import QuantWeight, _ActQuantBuilder, _Graph, rewrite_quantized
+from export.qdq import QuantWeight, _ActQuantBuilder, _Graph, quant_weights, rewrite_quantized
 from export.scheme import ActQuantSpec
 from quantize.primitives import fake_quant_activation
+from quantize.qmodel import QuantLinear
 
 
 def _run(model: onnx.ModelProto, feeds, accuracy_level=1):
@@ -85,6 +86,30 @@ def test_gemm_with_transposed_weight_is_rewritten():
     assert {a.name: a.i for a in gemm.attribute}["transB"] == 0
     x = np.random.default_rng(2).standard_normal((2, 32)).astype(np.float32)
     np.testing.assert_allclose(_run(model, {"x": x}), x @ qw.dequantized().T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,ort_blocks,block", [(8, True, 64), (4, True, 64), (8, False, 40)])
+def test_per_channel_layer_is_written_as_a_block_onnx_runtime_fuses(tmp_path, bits, ort_blocks, block):
+    """K=40 per-channel: one power-of-two block (64 > K) for ORT, fused to MatMulNBits and exact."""
+    ref = _qweight(40, 24, bits, 40, True)
+    layer = QuantLinear(40, 24, bias=False)
+    layer.codes, layer.scales, layer.zeros = (torch.from_numpy(a) for a in (ref.codes, ref.scales, ref.zeros))
+    layer.g_idx = torch.zeros(40, dtype=torch.int64)
+    layer.bits, layer.group_size, layer.sym = bits, -1, True
+    (qw,) = quant_weights(torch.nn.Sequential(layer), ort_blocks=ort_blocks)
+    assert qw.block == block and qw.group_size == -1
+    np.testing.assert_array_equal(qw.dequantized(), ref.dequantized())
+    qw = QuantWeight("lin", *[getattr(qw, f) for f in ("codes", "scales", "zeros", "bits", "block", "act")])
+    model = _linear_graph(qw)
+    rewrite_quantized(model, [qw], dtype="fp32", scope_prefix="model.")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((2, 40)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ ref.dequantized().T, rtol=1e-5, atol=1e-5)
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("MatMulNBits")
+    assert fused == (1 if ort_blocks else 0)
 
 
 def test_mismatched_weight_is_never_rewritten_silently():
