@@ -165,7 +165,7 @@ def layers_from_onnx(model: "onnx.ModelProto", base_dir: str | os.PathLike | Non
             source = producer.get(mm.input[0]) if mm.input and mm.input[0] != node.output[0] else None
             if source is not None and "/act_quant/" in source.name:
                 act = _act_quant_spec(by_prefix, inits, source.name.rsplit("/", 1)[0])
-        per_channel = not block or block >= weight.dims[0]  # one block over all K rows
+        per_channel = not block or block > weight.dims[0]  # a power-of-two block longer than K (ORT per-channel)
         layers.append(LayerScheme(name, bits_of[weight.data_type], symmetric, act, -1 if per_channel else block))
     return layers
 
