@@ -17,8 +17,10 @@ model as ONNX Runtime's own model builder lays decoders out, about 11 nodes per 
 * Inputs and outputs are those of the generic graph (``input_ids``, ``attention_mask``,
   ``position_ids``, ``past_key_values.{i}.key/value`` → ``logits``, ``present.{i}.key/value``),
   so every runtime, validate and bench path reads both. ``attention_mask`` becomes an
-  additive bias, so left or right padding behaves as in the PyTorch model; ``position_ids``
-  feed the rotary embedding directly.
+  additive bias, so left or right padding behaves as in the PyTorch model. The rotary
+  embedding rotates by cache position (``position_ids`` is accepted and unused): for the
+  mask-derived positions of a padded batch that is a constant shift per row, which RoPE's
+  relative attention scores do not see.
 * Online Hadamards (rotated models) are the same Reshape + two small MatMuls as the traced
   graph; W4A4 input quantizers the same per-token quantize-dequantize subgraph.
 
@@ -43,6 +45,8 @@ from .config import ExportConfig
 from .qdq import _FLOAT, QuantWeight, _ActQuantBuilder, _Graph, _weight_tensors
 
 MS_DOMAIN = "com.microsoft"
+#: model metadata telling runtimes the KV cache may be one buffer bound as past and present
+KV_CACHE_KEY, KV_IN_PLACE = "gptaq_deploy.kv_cache", "in_place"
 #: Names of the packed projections (a module path under the layer's attention / MLP).
 QKV_NAME, GATE_UP_NAME = "qkv_proj", "gate_up_proj"
 
@@ -319,8 +323,13 @@ class _DecoderWriter:
             window = None
         name = b.unique(f"{attn_path}/GroupQueryAttention")
         outs = [name, f"present.{layer}.key", f"present.{layer}.value"]
+        # No position_ids: ORT's CPU kernel ignores them for a first prompt (rotating by buffer
+        # index 0..S-1) but applies them in decode, so a left-padded row's cached keys and its new
+        # query would disagree. Without them every step rotates by buffer index (past length + s),
+        # which differs from the mask-derived positions by a constant per row: RoPE attention
+        # scores depend only on position differences, so the logits are the same.
         inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", seqlens, total, cos, sin,
-                  "position_ids", bias]
+                  "", bias]
         b.nodes.append(helper.make_node(
             "GroupQueryAttention", inputs, outs, name=name, domain=MS_DOMAIN, num_heads=self.n_heads,
             kv_num_heads=self.n_kv, scale=float(getattr(attn, "scaling", self.head_dim ** -0.5)), do_rotary=1,
@@ -390,6 +399,10 @@ class _DecoderWriter:
         opsets = [helper.make_opsetid("", self.config.opset), helper.make_opsetid(MS_DOMAIN, 1)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="gptaq-deploy",
                                   ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+        # GroupQueryAttention reads past and writes present in one buffer when both are bound to
+        # the same memory, and seqlens_k comes from the mask, not the past's shape: a runtime may
+        # preallocate the cache (runtime.ort.OrtSession.allocate_cache) instead of copying it.
+        model.metadata_props.add(key=KV_CACHE_KEY, value=KV_IN_PLACE)
         return model
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -36,7 +36,15 @@ class TensorSpec:
 
 
 class Session(abc.ABC):
-    """A loaded model that maps named numpy arrays to named numpy arrays."""
+    """A loaded model that maps named numpy arrays to named numpy arrays.
+
+    Backends whose decoder graphs can update a preallocated KV cache in place (ONNX Runtime on
+    a fused export) also implement :meth:`allocate_cache` / :meth:`run_in_place`; the default
+    says they cannot, and callers fall back to :meth:`run` with the cache copied each step.
+    """
+
+    #: whether :meth:`allocate_cache` / :meth:`run_in_place` work for this session's graph
+    supports_in_place_cache: bool = False
 
     def __enter__(self) -> "Session":
         return self
@@ -59,9 +67,22 @@ class Session(abc.ABC):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Backend call on validated feeds."""
 
-    def validate(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check ``feeds`` against :meth:`input_metadata`; returns them as contiguous arrays."""
-        specs = self.input_metadata()
+    def allocate_cache(self, batch: int, max_len: int) -> Any:
+        """A KV cache of ``max_len`` positions for ``batch`` rows that :meth:`run_in_place` updates."""
+        raise UserError(f"{type(self).__name__} cannot keep the KV cache in place for this graph")
+
+    def run_in_place(self, feeds: Mapping[str, np.ndarray], cache: Any) -> dict[str, np.ndarray]:
+        """Run with ``feeds`` (every input but the cache) and the cache of :meth:`allocate_cache`.
+
+        The graph reads the cache's first ``attention_mask.shape[1] - input_ids.shape[1]``
+        positions as the past and writes the new tokens' keys and values after them, in place;
+        returns the outputs that are not cache (``logits``).
+        """
+        raise UserError(f"{type(self).__name__} cannot keep the KV cache in place for this graph")
+
+    def validate(self, feeds: Mapping[str, np.ndarray], skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """Check ``feeds`` against :meth:`input_metadata` (less the names in ``skip``); returns them as contiguous arrays."""
+        specs = {n: s for n, s in self.input_metadata().items() if n not in skip}
         missing = [n for n in specs if n not in feeds]
         unknown = [n for n in feeds if n not in specs]
         if missing or unknown:

@@ -4,6 +4,9 @@ With the flat KV cache (``past_key_values.{i}.key/value`` in, ``present.{i}.key/
 the prompt runs once with an empty cache (prefill, past length 0) and every new token is one
 decode step of length 1. Without it (``--no-kv-cache`` exports) the whole sequence is
 recomputed each step. Left-padded batches work: positions come from the attention mask.
+When the session can keep the cache in place (:attr:`~runtime.base.Session.supports_in_place_cache`:
+ONNX Runtime on a fused export) the cache is one preallocated buffer per layer that each step
+appends to; otherwise each step's ``present.*`` outputs are fed back as the next ``past``.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 
 def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], max_new_tokens: int, *,
              attention_mask: np.ndarray | None = None, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, max_seq_len: int | None = None) -> GenerationResult:
+             pad_token_id: int | None = None, max_seq_len: int | None = None,
+             in_place: bool | None = None) -> GenerationResult:
     """Greedy decoding of ``max_new_tokens`` tokens (fewer when every row reached EOS).
 
     Args:
@@ -102,6 +106,8 @@ def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], 
         eos_token_id: stop a row once it produced one of these; later positions get
             ``pad_token_id`` (default: the first EOS id).
         max_seq_len: refuse when prompt + new tokens would exceed it.
+        in_place: keep the KV cache in one preallocated buffer (``None``: whenever the session
+            supports it; ``True`` where it does not: one-line error).
     """
     ids = np.asarray(input_ids, dtype=np.int64)
     if ids.ndim != 2 or ids.shape[1] == 0:
@@ -122,7 +128,10 @@ def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], 
     done = np.zeros(batch, dtype=bool)
     new: list[np.ndarray] = []
     result = GenerationResult(ids, np.zeros((batch, 0), np.int64))
-    past = empty_cache(session, batch) if layout is not None else {}
+    if in_place is None:
+        in_place = layout is not None and session.supports_in_place_cache
+    cache = session.allocate_cache(batch, ids.shape[1] + max_new_tokens) if in_place and max_new_tokens else None
+    past = empty_cache(session, batch) if layout is not None and not in_place else {}
     step_ids, full_ids, full_mask = ids, ids, mask
     for step in range(max_new_tokens):
         start = time.perf_counter()
@@ -133,13 +142,13 @@ def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], 
             feeds = {"input_ids": full_ids, "attention_mask": full_mask}
             if "position_ids" in specs:
                 feeds["position_ids"] = _positions(full_mask)
-        out = session.run(feeds)
+        out = session.run_in_place(feeds, cache) if cache is not None else session.run(feeds)
         logits = out["logits"][:, -1, :]
         token = logits.astype(np.float32).argmax(axis=-1).astype(np.int64)
         token = np.where(done, pad, token)
         done |= np.isin(token, list(eos)) if eos else False
         new.append(token)
-        if layout is not None:
+        if layout is not None and cache is None:
             past = {name: out[present] for name, present in layout}
         step_ids = token[:, None]
         full_ids = np.concatenate([full_ids, step_ids], axis=1)

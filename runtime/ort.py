@@ -4,11 +4,19 @@ CPU by default; CUDA first when ``onnxruntime-gpu`` offers it. ORT's CPU graph o
 the exported ``DequantizeLinear(int4) -> MatMul`` pairs into ``com.microsoft::MatMulNBits``;
 by default that kernel quantizes activations to int8 per block (``accuracy_level`` 4). Pass
 ``accuracy_level=1`` (fp32 compute) for bit-faithful validation against PyTorch.
+
+Fused decoder exports (``GroupQueryAttention``, marked ``gptaq_deploy.kv_cache = in_place`` in
+the model's metadata) can keep their KV cache in place: :meth:`OrtSession.allocate_cache`
+preallocates one ``[B, kv_heads, max_len, head_dim]`` buffer per layer and key/value, and
+binds it as both ``past_key_values.*`` input and ``present.*`` output, so a decode step writes
+one position instead of copying the whole cache (at a 512-token cache on two CPU cores that
+copy was most of ``GroupQueryAttention``'s time).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -17,8 +25,11 @@ import numpy as np
 from quantize.errors import UserError
 
 from .base import Session, TensorSpec
+from .generate import cache_layout
 
 MODEL_FILE = "model.onnx"
+#: the model metadata a fused export carries (export.ort_fused) when past and present may share a buffer
+KV_CACHE_KEY, KV_IN_PLACE = "gptaq_deploy.kv_cache", "in_place"
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
@@ -64,6 +75,29 @@ def _spec(arg) -> TensorSpec:
         dtype = np.dtype(_ORT_TYPES[arg.type])
     shape = tuple(d if isinstance(d, (int, str)) or d is None else str(d) for d in arg.shape)
     return TensorSpec(arg.name, dtype, shape)
+
+
+@dataclass
+class InPlaceKVCache:
+    """A preallocated KV cache bound to one :class:`OrtSession` (from :meth:`OrtSession.allocate_cache`).
+
+    Attributes:
+        batch, max_len: rows and positions of every buffer.
+        values: ``{past input name: OrtValue [batch, kv_heads, max_len, head_dim]}``, each bound
+            as that input and as its ``present.*`` output.
+        outputs: the other outputs (``logits``), bound first, in this order.
+        binding: the ORT ``IOBinding`` holding all of it.
+    """
+
+    batch: int
+    max_len: int
+    values: dict
+    outputs: list[str]
+    binding: object
+
+    def numpy(self, name: str) -> np.ndarray:
+        """A host copy of one buffer ``[batch, kv_heads, max_len, head_dim]``."""
+        return self.values[name].numpy()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -117,6 +151,8 @@ class OrtSession(Session):
             raise UserError(f"cannot load ONNX model {self.path}: {_first_line(exc)}") from None
         self._inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
         self._outputs = {a.name: _spec(a) for a in self._session.get_outputs()}
+        metadata = self._session.get_modelmeta().custom_metadata_map
+        self.supports_in_place_cache = metadata.get(KV_CACHE_KEY) == KV_IN_PLACE and cache_layout(self) is not None
 
     def input_metadata(self) -> dict[str, TensorSpec]:
         return dict(self._inputs)
@@ -137,6 +173,68 @@ class OrtSession(Session):
         except Exception as exc:
             raise UserError(f"ONNX Runtime failed to run {self.path.name}: {_first_line(exc)}") from exc
         return dict(zip(names, values))
+
+    def allocate_cache(self, batch: int, max_len: int,
+                       initial: Mapping[str, np.ndarray] | None = None) -> InPlaceKVCache:
+        """Zeroed cache buffers ``[batch, kv_heads, max_len, head_dim]`` bound in place.
+
+        Args:
+            initial: optional ``{past name: [batch, kv_heads, P, head_dim]}`` written into the
+                first ``P`` positions (a cache that already holds ``P`` tokens).
+        """
+        import onnxruntime as ort
+
+        if not self.supports_in_place_cache:
+            return super().allocate_cache(batch, max_len)
+        for name, value in (("batch", batch), ("max_len", max_len)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{name}={value!r} is invalid: expected a positive integer")
+        device = "cuda" if self.active_providers[:1] == ["CUDAExecutionProvider"] else "cpu"
+        binding = self._session.io_binding()
+        layout = cache_layout(self)
+        outputs = [n for n in self._outputs if n not in {present for _, present in layout}]
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        values = {}
+        for past, present in layout:
+            spec = self._inputs[past]
+            host = np.zeros((batch, spec.shape[1], max_len, spec.shape[3]), dtype=spec.dtype)
+            if initial is not None and past in initial:
+                given = np.asarray(initial[past], dtype=spec.dtype)
+                if given.ndim != 4 or given.shape[:2] != host.shape[:2] or given.shape[3] != host.shape[3] \
+                        or given.shape[2] > max_len:
+                    raise UserError(f"initial {past} has shape {list(given.shape)}; expected "
+                                    f"[{batch}, {host.shape[1]}, <= {max_len}, {host.shape[3]}]")
+                host[:, :, : given.shape[2]] = given
+            values[past] = ort.OrtValue.ortvalue_from_numpy(host, device, 0)
+            binding.bind_ortvalue_input(past, values[past])
+            binding.bind_ortvalue_output(present, values[past])
+        return InPlaceKVCache(batch, max_len, values, outputs, binding)
+
+    def run_in_place(self, feeds: Mapping[str, np.ndarray], cache: InPlaceKVCache) -> dict[str, np.ndarray]:
+        if not isinstance(cache, InPlaceKVCache):
+            return super().run_in_place(feeds, cache)
+        feeds = self.validate(feeds, skip=cache.values)
+        total, batch = feeds["attention_mask"].shape[1], feeds["input_ids"].shape[0]
+        if batch != cache.batch or total > cache.max_len:
+            raise UserError(f"a step of batch {batch} over {total} positions does not fit the cache "
+                            f"(batch {cache.batch}, {cache.max_len} positions)")
+        return self._run_in_place(feeds, cache)
+
+    def _run_in_place(self, feeds: dict[str, np.ndarray], cache: InPlaceKVCache) -> dict[str, np.ndarray]:
+        """Backend call of :meth:`run_in_place` on validated feeds."""
+        if self._session is None:
+            raise UserError("the session is closed")
+        for name, value in feeds.items():
+            cache.binding.bind_cpu_input(name, value)
+        for name in cache.outputs:  # unallocated again: logits change shape between prefill and decode
+            cache.binding.bind_output(name, "cpu")
+        try:
+            self._session.run_with_iobinding(cache.binding)
+        except Exception as exc:
+            raise UserError(f"ONNX Runtime failed to run {self.path.name}: {_first_line(exc)}") from exc
+        values = cache.binding.get_outputs()[: len(cache.outputs)]
+        return {name: value.numpy() for name, value in zip(cache.outputs, values)}
 
     def close(self) -> None:
         self._session = None

@@ -9,7 +9,10 @@ LLMs (the flat KV cache signature of our exports, or any ``.onnx`` whose inputs 
 
 * prefill: one run of a prompt of L tokens with an empty cache, batch b;
 * decode: one step of 1 new token per row on a cache of C tokens (the latency of one
-  generated token: ms/token at batch 1), batch b.
+  generated token: ms/token at batch 1), batch b. Where the session keeps the cache in place
+  (fused exports in ONNX Runtime) the step runs on a preallocated cache as generation does
+  (``kv_cache: in_place`` in the artifact's entry); otherwise the cache is fed and returned
+  as arrays (``copied``).
 
 ViTs: one run of ``pixel_values [b, 3, H, W]``; images/s.
 
@@ -29,7 +32,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -168,6 +171,7 @@ def _artifact_info(label, path, resolved, meta, session, config: LatencyConfig) 
             "dtype": meta.get("dtype") or session.output_metadata()["logits"].dtype.name,
             "scheme": (meta.get("scheme") or {}).get("name"), "size_bytes": sum(f.stat().st_size for f in files),
             "accuracy_level": level, "providers": getattr(session, "active_providers", None),
+            "kv_cache": "in_place" if session.supports_in_place_cache else "copied",
             "ops": _op_counts(resolved.model_file) if resolved.backend == "ort" else None}
 
 
@@ -235,18 +239,35 @@ def throughput(shape: Shape, median_ms: float) -> tuple[float, str]:
     return shape.batch / seconds, "images/s"
 
 
+def step_runner(model: Model, shape: Shape, seed: int) -> Callable[[], Any]:
+    """The call timed for ``model`` on ``shape``: the backend's run on feeds validated once.
+
+    A decode step on a session that keeps the KV cache in place (a fused export in ORT) runs
+    on a preallocated cache holding the same ``C`` past tokens, as generation serves it; every
+    other shape feeds the cache as arrays and gets ``present.*`` back.
+    """
+    feeds = make_feeds(model, shape, seed)
+    session = model.session
+    if shape.phase == "decode" and session.supports_in_place_cache:
+        past = {name: feeds.pop(name) for name, *_ in model.kv}
+        cache = session.allocate_cache(shape.batch, shape.length + 1, initial=past)
+        feeds = session.validate(feeds, skip=cache.values)
+        return lambda: session._run_in_place(feeds, cache)
+    feeds = session.validate(feeds)
+    return lambda: session._run(feeds)
+
+
 def time_shape(models: list[Model], shape: Shape, config: LatencyConfig, progress) -> dict[str, list[float]]:
     """Seconds per run of each model on ``shape``: warm-up, then interleaved rounds."""
-    # Feeds are validated once; the timed call is the backend's run on validated arrays.
-    feeds = {m.label: m.session.validate(make_feeds(m, shape, config.seed)) for m in models}
+    runs = {m.label: step_runner(m, shape, config.seed) for m in models}
     for m in models:
         for _ in range(config.warmup):
-            m.session._run(feeds[m.label])
+            runs[m.label]()
     samples: dict[str, list[float]] = {m.label: [] for m in models}
     for r in range(config.iterations):
         for m in models[r % len(models):] + models[: r % len(models)]:
             start = time.perf_counter()
-            m.session._run(feeds[m.label])
+            runs[m.label]()
             samples[m.label].append(time.perf_counter() - start)
         progress.update(1)
     return samples
@@ -272,7 +293,7 @@ def peak_memory_worker(path: str, config_json: str, shapes: list[tuple[str, int,
     config = LatencyConfig.from_json(config_json)
     model = open_model("memory", path, config)
     for phase, batch, length in shapes:
-        model.session.run(make_feeds(model, Shape(phase, batch, length), config.seed))
+        step_runner(model, Shape(phase, batch, length), config.seed)()
     return peak_rss_mb()
 
 

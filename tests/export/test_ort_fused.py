@@ -111,3 +111,55 @@ def test_tensorrt_build_refuses_a_fused_graph(exported, tmp_path):
     with pytest.raises(CapabilityError, match="GroupQueryAttention.*--target trt"):
         check_build_capability(proto, directory / "model.onnx", "trt")
     check_build_capability(proto, directory / "model.onnx", "ort")
+
+
+def test_in_place_cache_generates_what_the_copied_cache_does(exported, reference):
+    """One preallocated buffer per layer bound as past and present: same tokens, logits and cache.
+
+    The decode step after a left-padded prefill matches PyTorch (ORT's kernel rotates a first
+    prompt by buffer index whatever position_ids say; the graph rotates every step that way).
+    """
+    from runtime import generate
+    from runtime.generate import cache_layout
+
+    ids = token_batch(2, 7, seed=5).numpy()
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # left padding: the bias masks it, every row appends at the same position
+    with _session(exported("sym")) as session:
+        assert session.supports_in_place_cache
+        copied = generate(session, ids, 6, attention_mask=mask, in_place=False)
+        in_place = generate(session, ids, 6, attention_mask=mask, in_place=True)
+        np.testing.assert_array_equal(in_place.tokens, copied.tokens)
+        # The cache after a prefill and one step holds exactly the present outputs of the copy path.
+        full = np.concatenate([ids, copied.new_tokens[:, :1]], axis=1)
+        full_mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        positions = np.where(full_mask == 0, 1, np.cumsum(full_mask, 1) - 1)
+        cache = session.allocate_cache(2, 12)
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions[:, :7]}
+        session.run_in_place(feeds, cache)
+        step = {"input_ids": full[:, 7:], "attention_mask": full_mask, "position_ids": positions[:, 7:]}
+        logits = session.run_in_place(step, cache)["logits"]
+        past = {n: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+                for n, s in session.input_metadata().items() if n.startswith("past_key_values.")}
+        ref = session.run({"input_ids": full, "attention_mask": full_mask, "position_ids": positions, **past})
+        np.testing.assert_allclose(logits[:, -1], ref["logits"][:, -1], rtol=1e-4, atol=2e-5)
+        expect = _logits(reference("sym"), full, full_mask, np.clip(np.cumsum(full_mask, 1) - 1, 0, None))
+        np.testing.assert_allclose(logits[:, -1], expect[:, -1], rtol=1e-4, atol=2e-5)
+        for name, present in cache_layout(session):
+            got = cache.numpy(name)
+            np.testing.assert_allclose(got[:, :, :8], ref[present], rtol=1e-5, atol=1e-6)
+            assert not got[:, :, 8:].any()  # positions past the sequence are never written
+        with pytest.raises(UserError, match="does not fit the cache"):
+            session.run_in_place({**step, "attention_mask": np.ones((2, 13), np.int64)}, cache)
+        with pytest.raises(UserError, match="missing input"):
+            session.run_in_place({"input_ids": full[:, 7:]}, cache)
+
+
+def test_generic_graph_keeps_the_copied_cache(exported):
+    from runtime import generate
+
+    with _session(exported("sym", graph="generic")) as session:
+        assert not session.supports_in_place_cache
+        with pytest.raises(UserError, match="cannot keep the KV cache in place"):
+            generate(session, token_batch(1, 4).numpy(), 2, in_place=True)
+        assert generate(session, token_batch(1, 4).numpy(), 2).new_tokens.shape == (1, 2)

@@ -13,7 +13,7 @@ import pytest
 
 from quantize.cli import run_cli
 from tools import bench, bench_report
-from tools.latency_bench import LatencyConfig, Shape, make_feeds, open_model, summarize
+from tools.latency_bench import LatencyConfig, Shape, make_feeds, open_model, step_runner, summarize
 
 pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,15 @@ def test_feeds_follow_the_kv_signature(tiny_onnx):
         make_feeds(model, Shape("decode", 1, 256), 0)
 
 
+def test_in_place_decode_step_computes_the_copied_step(tiny_onnx):
+    """The timed in-place decode step reads the same C past tokens as the fed-array step."""
+    model = open_model("w8", str(tiny_onnx(8)), LatencyConfig(artifacts=(str(tiny_onnx(8)),), threads=1))
+    assert model.session.supports_in_place_cache
+    shape = Shape("decode", 2, 5)
+    copied = model.session.run(make_feeds(model, shape, 3))["logits"]
+    np.testing.assert_allclose(step_runner(model, shape, 3)()["logits"], copied, rtol=1e-5, atol=1e-6)
+
+
 def test_bench_writes_json_csv_png_and_compare_merges(tiny_onnx, tmp_path, capsys):
     out = tmp_path / "bench"
     code = run_cli(bench.main, [f"w8={tiny_onnx(8)}", "--baseline", f"fp32={tiny_onnx('fp')}", *FAST, "--out", str(out)])
@@ -64,6 +73,7 @@ def test_bench_writes_json_csv_png_and_compare_merges(tiny_onnx, tmp_path, capsy
     assert arts["fp32"]["baseline"] is True and arts["w8"]["baseline"] is False
     assert arts["w8"]["size_bytes"] < arts["fp32"]["size_bytes"] and arts["w8"]["peak_host_mb"] > 0
     assert arts["w8"]["ops"]["DequantizeLinear"] > 0 and arts["w8"]["scheme"]
+    assert arts["w8"]["kv_cache"] == "in_place"  # fused export: decode timed on a preallocated cache
     with open(out / "bench.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0].keys()) == bench_report.CSV_COLUMNS and len(rows) == 12
