@@ -235,6 +235,7 @@ def run_gptqmodel_case(data: BenchData, case: QualityCase, python: str, work: Pa
 
     if data.model_dir is None:
         raise UserError("GPTQModel needs the FP model as a transformers directory (the demo model or --model DIR)")
+    work = work.resolve()  # the worker runs with cwd=work: every path handed to it is absolute
     work.mkdir(parents=True, exist_ok=True)
     ids_path = work / "calib_ids.pt"
     torch.save(data.calib.clone(), ids_path)

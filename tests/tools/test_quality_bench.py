@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,21 @@ def test_quality_bench_runs_a_grid_resumes_and_writes_json_csv_png(tmp_path, cap
     stamp = (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns
     assert bench.main(common + ["--schemes", "w4g32", "--methods", "rtn"]) == 0  # finished cases are kept, not rerun
     assert (out / "cases" / "rtn_w4g32.json").stat().st_mtime_ns == stamp
+
+
+def test_gptqmodel_worker_gets_absolute_paths_from_a_relative_out(tmp_path, monkeypatch):
+    """The worker runs with cwd = its work dir, so a relative --out must not reach it as relative paths."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from quantize.errors import UserError
+    from tools.quality_bench import run_gptqmodel_case
+
+    fake = tmp_path / "python"  # stands in for the GPTQModel venv's python: reads the spec, then fails
+    fake.write_text('#!/bin/sh\ntest -f "$2" && grep -q \'"calib_ids": "/\' "$2" && echo "spec read" >&2; exit 3\n')
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    data = SimpleNamespace(model_dir=tmp_path, calib=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(UserError, match="failed for gptqmodel-gptq_w4g128 .*: spec read$"):
+        run_gptqmodel_case(data, QualityCase("gptqmodel-gptq", 4, 128), str(fake), Path("runs/x"))
