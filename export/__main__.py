@@ -36,6 +36,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--graph", choices=GRAPHS, default="auto",
                    help="LLMs: fused (ONNX Runtime GroupQueryAttention layout, fast decode), generic (traced; "
                         "ORT and TensorRT) or auto (fused for --target ort when the model qualifies)")
+    p.add_argument("--share-embedding", action="store_true",
+                   help="fused graph, tied model with an INT4 head: the embedding reads the head's INT4 table (stored once)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -45,7 +47,8 @@ def build_parser() -> ArgumentParser:
 def config_from_args(args) -> ExportConfig:
     dtype = args.dtype or ("fp16" if args.target == "trt" else "fp32")
     return ExportConfig(target=args.target, dtype=dtype, opset=args.opset, kv_cache=not args.no_kv_cache,
-                        max_seq_len=args.max_seq_len, a_bits=args.a_bits, graph=args.graph)
+                        max_seq_len=args.max_seq_len, a_bits=args.a_bits, graph=args.graph,
+                        share_embedding=args.share_embedding)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,11 @@ class ExportConfig(_JsonConfig):
             (GroupQueryAttention, SkipSimplifiedLayerNormalization, packed q|k|v and gate|up
             INT4 blocks; :mod:`export.ort_fused`): ~6x fewer nodes, faster prefill and decode on ORT;
             ``"auto"`` picks ``fused`` for ``target="ort"`` when the model qualifies.
+        share_embedding: fused graph only, for a model whose LM head was tied to its input
+            embedding and is quantized to symmetric INT4: the embedding reads the head's INT4
+            table (``GatherBlockQuantized``) instead of its exact float copy, and the file
+            stores that table once. The embedding lookups then carry the head's quantization
+            error; the file shrinks by the float table (113 MB for SmolLM2-135M in fp32).
     """
 
     target: str = "ort"
@@ -55,6 +60,7 @@ class ExportConfig(_JsonConfig):
     max_seq_len: int = 2048
     a_bits: int | None = None
     graph: str = "auto"
+    share_embedding: bool = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -75,6 +81,10 @@ class ExportConfig(_JsonConfig):
             raise ConfigError(owner, "graph", self.graph, f"one of {', '.join(GRAPHS)}")
         if self.graph == "fused" and self.target != "ort":
             raise ConfigError(owner, "graph", self.graph, "auto or generic for target trt (fused uses ONNX Runtime operators)")
+        _check_type(owner, "share_embedding", self.share_embedding, bool, "true or false")
+        if self.share_embedding and (self.target != "ort" or self.graph == "generic"):
+            raise ConfigError(owner, "share_embedding", self.share_embedding,
+                              "false for target trt or graph generic (the shared table needs the fused ONNX Runtime graph)")
         if self.a_bits is not None:
             _check_type(owner, "a_bits", self.a_bits, int, "null (as quantized) or 16 (drop activation quantization)")
             if self.a_bits != 16:

@@ -40,6 +40,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from quantize.errors import UserError
+
 from .check import ExportError
 from .config import ExportConfig
 from .qdq import _FLOAT, QuantWeight, _ActQuantBuilder, _Graph, _weight_tensors
@@ -361,13 +363,35 @@ class _DecoderWriter:
         out = self.linear(x, [spec.head], spec.head)
         return b.op("Identity", [out], spec.head, outputs=["logits"])
 
+    def embedding_from_head(self, embedding: nn.Module) -> str:
+        """Embedding rows read from the INT4 head's ``[K, V]`` table: ``[B, S, K]``.
+
+        ``GatherBlockQuantized`` gathers columns of the head's ``qweight`` / ``scales`` (copies
+        here, under the embedding's name, byte-identical: the saved file stores them once, see
+        :func:`export.external_data.save_deduplicated`). It is not fed the head's own
+        initializers because ORT only fuses a ``DequantizeLinear`` whose weight has no other
+        consumer into ``MatMulNBits``.
+        """
+        spec, b = self.spec, self.b
+        head = self.quant.get(spec.head)
+        reason = shared_table_reason(head, embedding)
+        if reason is not None:
+            raise UserError(f"--share-embedding: {reason}")
+        qweight, scales = _weight_tensors(head, b.dtype, spec.embedding)
+        gathered = b.op("GatherBlockQuantized", [b.tensor(qweight), "input_ids", b.tensor(scales)], spec.embedding,
+                        domain=MS_DOMAIN, gather_axis=1, quantize_axis=0, block_size=head.block, bits=4)
+        return b.op("Transpose", [gathered], spec.embedding, perm=[1, 2, 0])
+
     def build(self) -> onnx.ModelProto:
         from quantize.arch import get_module
 
         spec, b = self.spec, self.b
         embedding = get_module(self.model, spec.embedding)
-        self.embedding_table = b.init(f"{spec.embedding}.weight", _float_array(embedding.weight, b.np_float))
-        hidden = b.op("Gather", [self.embedding_table, "input_ids"], spec.embedding)
+        if self.config.share_embedding:
+            hidden = self.embedding_from_head(embedding)
+        else:
+            self.embedding_table = b.init(f"{spec.embedding}.weight", _float_array(embedding.weight, b.np_float))
+            hidden = b.op("Gather", [self.embedding_table, "input_ids"], spec.embedding)
         shared = (*self.attention_inputs(), *self.rotary_tables())
         residual, normed = hidden, None
         pending = None  # output of the previous sub-block, added to the residual by the next norm
@@ -404,6 +428,26 @@ class _DecoderWriter:
         # preallocate the cache (runtime.ort.OrtSession.allocate_cache) instead of copying it.
         model.metadata_props.add(key=KV_CACHE_KEY, value=KV_IN_PLACE)
         return model
+
+
+def shared_table_reason(head: QuantWeight | None, embedding: nn.Module) -> str | None:
+    """Why the embedding cannot read the quantized head's table (``None`` when it can).
+
+    The head must be symmetric INT4 with ``[vocab, hidden]`` like the embedding, and its
+    dequantized weight close to the embedding (relative Frobenius error < 0.5: the two were
+    one tied table before quantization; INT4 error is about 0.1, unrelated tables about 1.4).
+    """
+    if head is None:
+        return "the LM head is not quantized (quantize with --head-bits 4)"
+    if head.bits != 4 or not head.symmetric:
+        return f"the LM head is {'' if head.symmetric else 'asymmetric '}{head.bits}-bit; the shared table needs symmetric INT4"
+    table = embedding.weight.detach().float().cpu().numpy()
+    if table.shape != (head.out_features, head.in_features):
+        return f"embedding {list(table.shape)} and LM head [{head.out_features}, {head.in_features}] differ in shape"
+    error = np.linalg.norm(head.dequantized() - table) / max(float(np.linalg.norm(table)), 1e-12)
+    if error > 0.5:
+        return f"the embedding is not the LM head's table (relative difference {error:.2f}); the model was not tied"
+    return None
 
 
 def build_fused_decoder(model: nn.Module, spec, config: ExportConfig,

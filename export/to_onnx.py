@@ -479,7 +479,14 @@ def export_onnx(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, 
         import onnx
 
         model_path = tmp / MODEL_FILE
-        if large:
+        if config.share_embedding:
+            from .external_data import save_deduplicated
+
+            saved = save_deduplicated(proto, model_path, DATA_FILE)
+            log.info("shared embedding: %.1f MB stored once", saved / 1e6)
+            check_model(model_path)
+            large = True
+        elif large:
             onnx.save_model(proto, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=DATA_FILE, size_threshold=1024)
             check_model(model_path)
@@ -525,12 +532,16 @@ def _graph_kind(model: nn.Module, spec, config: ExportConfig) -> str:
     if spec.modality != "text":
         if config.graph == "fused":
             raise UserError(f"--graph fused is for decoder LLMs; {spec.name} is a vision model (use --graph auto or generic)")
+        if config.share_embedding:
+            raise UserError(f"--share-embedding is for decoder LLMs; {spec.name} is a vision model")
         return "generic"
     from .ort_fused import unsupported_reason
 
     reason = unsupported_reason(model, spec, config)
     if reason is None:
         return "fused"
+    if config.share_embedding:
+        raise UserError(f"--share-embedding needs the fused graph, which is not possible for this model: {reason}")
     if config.graph == "fused":
         raise UserError(f"--graph fused is not possible for this model: {reason}; use --graph generic")
     log.info("generic graph: %s", reason)

@@ -163,3 +163,58 @@ def test_generic_graph_keeps_the_copied_cache(exported):
         with pytest.raises(UserError, match="cannot keep the KV cache in place"):
             generate(session, token_batch(1, 4).numpy(), 2, in_place=True)
         assert generate(session, token_batch(1, 4).numpy(), 2).new_tokens.shape == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def int4_head_checkpoints(tmp_path_factory):
+    """``{tied: checkpoint dir}`` of tiny Llamas with an INT4 g32 head, tied and untied before quantization."""
+    from quantize import save_quantized
+    from tiny_models import tiny_llama, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("shared_table")
+    config = QuantConfig(method="rtn", group_size=32, head_bits=4, head_group_size=32)
+    return {tied: save_quantized(quantize_model(tiny_llama(tie_word_embeddings=tied), token_batch(), config, progress=False),
+                                 root / f"tied-{tied}", tokenizer=tiny_tokenizer()) for tied in (True, False)}
+
+
+def test_shared_embedding_reads_the_int4_head_table_stored_once(int4_head_checkpoints, tmp_path):
+    """--share-embedding: logits of the PyTorch model whose embedding is the dequantized head;
+    the head still fuses into MatMulNBits; the table's bytes are in the file once."""
+    from export.qdq import quant_weights
+    from quantize import load_quantized
+
+    src = int4_head_checkpoints[True]
+    out = export_onnx(src, tmp_path / "shared", ExportConfig(share_embedding=True))
+    plain = export_onnx(src, tmp_path / "plain", ExportConfig())
+    model = load_quantized(src)
+    head = {w.name: w for w in quant_weights(model)}["lm_head"]
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.from_numpy(head.dequantized()))
+    ids = token_batch(2, 6, seed=3).numpy()
+    expect = _logits(model, ids)
+    with _session(out) as session:
+        from runtime.generate import sequence_logits
+
+        np.testing.assert_allclose(sequence_logits(session, ids), expect, rtol=1e-4, atol=2e-5)
+    proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    places = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer if t.external_data}
+    assert places["model.embed_tokens.qweight"] == places["lm_head.qweight"]
+    assert places["model.embed_tokens.scales"] == places["lm_head.scales"]
+    stored = sum(len(t.raw_data) for t in onnx.load(str(plain / "model.onnx")).graph.initializer)
+    table = 128 * 64 * 4  # the float embedding the shared export drops (vocab x hidden, fp32)
+    data = (out / "model.onnx.data").stat().st_size
+    assert data < stored - table + 4096 * len(places)  # page alignment is the only overhead
+    optimized = tmp_path / "opt.onnx"
+    OrtSession(out, providers=["cpu"], optimized_model_path=optimized).close()
+    ops = [n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 2 * 4 + 1 and ops.count("GatherBlockQuantized") == 1
+
+
+def test_shared_embedding_refusals(int4_head_checkpoints, checkpoint, tmp_path):
+    with pytest.raises(UserError, match="not the LM head's table"):
+        export_onnx(int4_head_checkpoints[False], tmp_path / "untied", ExportConfig(share_embedding=True))
+    with pytest.raises(UserError, match="LM head is not quantized"):
+        export_onnx(checkpoint("sym"), tmp_path / "float-head", ExportConfig(share_embedding=True))
+    with pytest.raises(ConfigError, match="share_embedding"):
+        ExportConfig(share_embedding=True, target="trt")
+    assert not (tmp_path / "untied").exists() and not (tmp_path / "float-head").exists()

@@ -111,6 +111,7 @@ def test_ort_build_runs_like_the_export(ort_build):
     with open_session(src, provider="cpu", threads=1, accuracy_level=1) as ref, open_session(out, threads=1) as built:
         feeds = _feeds(ref)
         want, got = ref.run(feeds), built.run(feeds)
+        assert built.supports_in_place_cache  # the fused graph's metadata survives ORT's optimisation
     assert set(want) == set(got)
     np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
 
