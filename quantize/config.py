@@ -18,6 +18,8 @@ METHODS = ("rtn", "gptq", "gptaq")
 #: Column orders of the solver: natural, by decreasing ``diag(H)`` (act-order, static groups),
 #: or group-aware (by ``diag(H)`` within each group, whole groups ordered; see quantize.gptq).
 REORDERS = ("none", "act", "group")
+#: GAR lowered SmolLM2-135M W4 g128 perplexity by 5.4 % (GPTAQ) and 10.5 % (GPTQ) at no inference cost
+DEFAULT_REORDER = "group"
 #: Bits of the LM head: 16 keeps it in full precision.
 HEAD_BITS = (16, 8, 4)
 
@@ -73,7 +75,8 @@ class QuantConfig(_JsonConfig):
         sym: symmetric weight grid (zero point fixed at ``2**(w_bits-1)``) — the only one
             TensorRT runs; asymmetric grids are ORT / PyTorch only.
         mse_clip: search a shrink factor of each group's range minimising ``|q - w|^2.4``.
-        reorder: solver column order. ``"none"``; ``"act"``: by decreasing Hessian diagonal,
+        reorder: solver column order (default ``"group"``, chosen by measurement: README,
+            Quality). ``"none"``; ``"act"``: by decreasing Hessian diagonal,
             groups static (fitted up front on the original weight); ``"group"``: group-aware
             (GAR) — by decreasing diagonal within each group, whole groups ordered by their
             largest diagonal, each group fitted when it comes up. Groups stay contiguous in
@@ -99,7 +102,7 @@ class QuantConfig(_JsonConfig):
     group_size: int = 128
     sym: bool = True
     mse_clip: bool = False
-    reorder: str = "none"
+    reorder: str | None = None
     act_order: bool = False
     alpha: float = 0.25
     damp: float = 0.01
@@ -125,6 +128,8 @@ class QuantConfig(_JsonConfig):
             raise ConfigError(owner, "group_size", self.group_size, allowed_group)
         for name in ("sym", "mse_clip", "act_order", "a_sym", "rotate"):
             _check_type(owner, name, getattr(self, name), bool, "true or false")
+        if self.reorder is None:  # the default: group-aware, unless the act_order alias asks for "act"
+            object.__setattr__(self, "reorder", "act" if self.act_order is True else DEFAULT_REORDER)
         if self.reorder not in REORDERS:
             raise ConfigError(owner, "reorder", self.reorder, f"one of {', '.join(REORDERS)}")
         if self.act_order and self.reorder == "group":

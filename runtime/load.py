@@ -83,7 +83,8 @@ def resolve_artifact(path: str | os.PathLike) -> Artifact:
 
 
 def open_session(path: str | os.PathLike, *, backend: str | None = None, provider: str | None = None,
-                 threads: int | None = None, accuracy_level: int | None = None) -> Session:
+                 threads: int | None = None, accuracy_level: int | None = None,
+                 spinning: bool | None = None) -> Session:
     """A session on ``path`` (see the module docstring); ``backend`` must agree with the artifact.
 
     Args:
@@ -93,6 +94,9 @@ def open_session(path: str | os.PathLike, *, backend: str | None = None, provide
         threads: ORT intra-op threads.
         accuracy_level: ORT MatMulNBits accuracy level for a model fused at load time (an ORT
             build has it baked in already).
+        spinning: ORT only: whether idle intra-op threads spin-wait for the next run
+            (``None``: ORT's default, on). Several sessions taking turns on the same cores
+            should turn it off: one session's spinning threads slow the next one's run.
     """
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
@@ -116,7 +120,9 @@ def open_session(path: str | os.PathLike, *, backend: str | None = None, provide
             provider = (art.build.get("config") or {}).get("provider")
     from .ort import OrtSession
 
-    return OrtSession(art.model_file, providers=provider, accuracy_level=accuracy_level, threads=threads)
+    config = {} if spinning is None else {"session.intra_op.allow_spinning": "1" if spinning else "0"}
+    return OrtSession(art.model_file, providers=provider, accuracy_level=accuracy_level, threads=threads,
+                      session_config=config)
 
 
 def _open_trt(art: Artifact, provider: str | None) -> Session:

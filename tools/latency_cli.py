@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--accuracy-level", type=int, choices=range(5), default=None,
                    help="ORT MatMulNBits accuracy level for exports fused at load (a build has its own)")
+    p.add_argument("--spinning", action="store_true",
+                   help="let ORT's idle threads spin between runs (off: interleaved sessions would slow each other)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak host memory runs (one process per artifact)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", nargs="+", default=None, metavar="BENCH_JSON",
@@ -46,7 +48,7 @@ def config_from_args(args):
     return LatencyConfig(artifacts=tuple(args.artifacts), baseline=args.baseline, prompt_lengths=args.prompt_lengths,
                          cache_lengths=args.cache_lengths, batch_sizes=args.batch_sizes, warmup=args.warmup,
                          iterations=args.iterations, backend=args.backend, provider=args.provider,
-                         threads=args.threads, accuracy_level=args.accuracy_level, memory=not args.no_memory,
+                         threads=args.threads, accuracy_level=args.accuracy_level, memory=not args.no_memory, spinning=args.spinning,
                          seed=args.seed)
 
 

@@ -215,7 +215,10 @@ def run_case(data: BenchData, case: QualityCase, save_dir: Path | None = None) -
     model = data.model if case.method == "fp" else copy.deepcopy(data.model)
     quant_s = solve_s = 0.0
     if case.method != "fp":
-        config = QuantConfig(method=case.method, w_bits=case.w_bits, group_size=case.group_size, **case.options)
+        # A case without reorder= is the plain column order (QuantConfig's default is "group"),
+        # so case keys keep one meaning across runs and the GAR rows say reorder=group.
+        options = {"reorder": "none", **case.options}
+        config = QuantConfig(method=case.method, w_bits=case.w_bits, group_size=case.group_size, **options)
         start = time.perf_counter()
         quantize_model(model, data.calib, config, progress=False)
         quant_s = time.perf_counter() - start
