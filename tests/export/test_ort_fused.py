@@ -185,6 +185,9 @@ def test_shared_embedding_reads_the_int4_head_table_stored_once(int4_head_checkp
 
     src = int4_head_checkpoints[True]
     out = export_onnx(src, tmp_path / "shared", ExportConfig(share_embedding=True))
+    again = export_onnx(src, tmp_path / "again", ExportConfig(share_embedding=True))
+    for name in ("model.onnx", "model.onnx.data"):  # deterministic: same source, same bytes
+        assert (out / name).read_bytes() == (again / name).read_bytes()
     plain = export_onnx(src, tmp_path / "plain", ExportConfig())
     model = load_quantized(src)
     head = {w.name: w for w in quant_weights(model)}["lm_head"]
