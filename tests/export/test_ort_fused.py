@@ -120,7 +120,7 @@ def test_in_place_cache_generates_what_the_copied_cache_does(exported, reference
     prompt by buffer index whatever position_ids say; the graph rotates every step that way).
     """
     from runtime import generate
-    from runtime.generate import cache_layout
+    from runtime.generate import cache_layout, empty_cache
 
     ids = token_batch(2, 7, seed=5).numpy()
     mask = np.ones_like(ids)
@@ -139,9 +139,8 @@ def test_in_place_cache_generates_what_the_copied_cache_does(exported, reference
         session.run_in_place(feeds, cache)
         step = {"input_ids": full[:, 7:], "attention_mask": full_mask, "position_ids": positions[:, 7:]}
         logits = session.run_in_place(step, cache)["logits"]
-        past = {n: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
-                for n, s in session.input_metadata().items() if n.startswith("past_key_values.")}
-        ref = session.run({"input_ids": full, "attention_mask": full_mask, "position_ids": positions, **past})
+        ref = session.run({"input_ids": full, "attention_mask": full_mask, "position_ids": positions,
+                           **empty_cache(session, 2)})
         np.testing.assert_allclose(logits[:, -1], ref["logits"][:, -1], rtol=1e-4, atol=2e-5)
         expect = _logits(reference("sym"), full, full_mask, np.clip(np.cumsum(full_mask, 1) - 1, 0, None))
         np.testing.assert_allclose(logits[:, -1], expect[:, -1], rtol=1e-4, atol=2e-5)
