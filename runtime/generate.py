@@ -136,8 +136,9 @@ def generate(session: Session, input_ids: np.ndarray | Sequence[Sequence[int]], 
     for step in range(max_new_tokens):
         start = time.perf_counter()
         if layout is not None:
-            positions = _positions(full_mask)[:, -step_ids.shape[1]:]
-            feeds = {"input_ids": step_ids, "attention_mask": full_mask, "position_ids": positions, **past}
+            feeds = {"input_ids": step_ids, "attention_mask": full_mask, **past}
+            if "position_ids" in specs:  # model-builder graphs derive positions from the mask
+                feeds["position_ids"] = _positions(full_mask)[:, -step_ids.shape[1]:]
         else:
             feeds = {"input_ids": full_ids, "attention_mask": full_mask}
             if "position_ids" in specs:

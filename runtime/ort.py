@@ -10,13 +10,15 @@ the model's metadata) can keep their KV cache in place: :meth:`OrtSession.alloca
 preallocates one ``[B, kv_heads, max_len, head_dim]`` buffer per layer and key/value, and
 binds it as both ``past_key_values.*`` input and ``present.*`` output, so a decode step writes
 one position instead of copying the whole cache (at a 512-token cache on two CPU cores that
-copy was most of ``GroupQueryAttention``'s time).
+copy was most of ``GroupQueryAttention``'s time). onnxruntime-genai model-builder graphs whose
+``genai_config.json`` sets ``search.past_present_share_buffer`` get the same treatment, as
+onnxruntime-genai's own runtime runs them (their head size comes from that file).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -49,6 +51,34 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise UserError(f"{p} does not exist (expected an ONNX file or an export directory holding {MODEL_FILE})")
     return p
+
+
+def genai_cache_config(model_file: Path) -> tuple[int | None, bool]:
+    """``(head size, past and present share one buffer)`` of a model-builder graph.
+
+    Read from ``genai_config.json`` beside ``model_file`` (``model.decoder.head_size``,
+    ``search.past_present_share_buffer``). No file, or one that does not parse, is
+    ``(None, False)``: most ONNX files have none, and it is a hint, not the model.
+    """
+    import json
+
+    config = model_file.parent / "genai_config.json"
+    try:
+        data = json.loads(config.read_text())
+        shared = bool((data.get("search") or {}).get("past_present_share_buffer"))
+        head_size = ((data.get("model") or {}).get("decoder") or {}).get("head_size")
+    except (OSError, ValueError, AttributeError):
+        return None, False
+    if not isinstance(head_size, int) or isinstance(head_size, bool) or head_size < 1:
+        return None, False
+    return head_size, shared
+
+
+def _with_head_dim(spec: TensorSpec, head_dim: int) -> TensorSpec:
+    """A ``past_key_values.*`` spec ``[B, kv, P, D]`` with a symbolic ``D`` made ``head_dim``."""
+    if not spec.name.startswith("past_key_values.") or len(spec.shape) != 4 or isinstance(spec.shape[3], int):
+        return spec
+    return replace(spec, shape=(*spec.shape[:3], head_dim))
 
 
 def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
@@ -152,7 +182,11 @@ class OrtSession(Session):
         self._inputs = {a.name: _spec(a) for a in self._session.get_inputs()}
         self._outputs = {a.name: _spec(a) for a in self._session.get_outputs()}
         metadata = self._session.get_modelmeta().custom_metadata_map
-        self.supports_in_place_cache = metadata.get(KV_CACHE_KEY) == KV_IN_PLACE and cache_layout(self) is not None
+        genai_head_dim, genai_shares = genai_cache_config(self.path)
+        if genai_head_dim is not None:  # model-builder graphs leave the head size symbolic in the cache inputs
+            self._inputs = {n: _with_head_dim(s, genai_head_dim) for n, s in self._inputs.items()}
+        shares = metadata.get(KV_CACHE_KEY) == KV_IN_PLACE or genai_shares
+        self.supports_in_place_cache = shares and cache_layout(self) is not None
 
     def input_metadata(self) -> dict[str, TensorSpec]:
         return dict(self._inputs)
@@ -198,6 +232,8 @@ class OrtSession(Session):
         values = {}
         for past, present in layout:
             spec = self._inputs[past]
+            if not isinstance(spec.shape[1], int) or not isinstance(spec.shape[3], int):
+                raise UserError(f"{spec.describe()}: the cache buffers need a static head count and head size")
             host = np.zeros((batch, spec.shape[1], max_len, spec.shape[3]), dtype=spec.dtype)
             if initial is not None and past in initial:
                 given = np.asarray(initial[past], dtype=spec.dtype)

@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
         argv = [DEFAULT_COMMAND, *argv]  # python -m tools bench ARTIFACT ... / --compare ...
     args = parser.parse_args(argv)
+    args.argv = argv  # for reports that record how they were made
     setup_logging(args.verbose)
     return args.run(args)
 

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -446,7 +447,8 @@ def main(args) -> int:
     (out / "cases").mkdir(parents=True, exist_ok=True)
     cases = build_cases(args)
     meta = {"model": args.model or "SmolLM2-135M demo", "nsamples": args.nsamples, "seqlen": args.seqlen,
-            "eval_seqlen": args.eval_seqlen, "eval_windows": args.eval_windows, "command": " ".join(sys.argv)}
+            "eval_seqlen": args.eval_seqlen, "eval_windows": args.eval_windows,
+            "command": "python -m tools.bench " + shlex.join(getattr(args, "argv", sys.argv[1:]))}
     if not args.report_only:
         todo = [c for c in cases if not (out / "cases" / f"{c.key}.json").exists()]
         decode_keys = {c.key for c in cases if c.head_bits < 16} | {c.without_head().key for c in cases if c.head_bits < 16}

@@ -220,3 +220,55 @@ def test_shared_embedding_refusals(int4_head_checkpoints, checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="share_embedding"):
         ExportConfig(share_embedding=True, target="trt")
     assert not (tmp_path / "untied").exists() and not (tmp_path / "float-head").exists()
+
+
+def _as_model_builder_graph(directory, out, share_buffer):
+    """The fused export rewritten the way onnxruntime-genai's builder leaves its graphs: no
+    ``position_ids`` input, no cache metadata, a symbolic head size that ``genai_config.json`` states."""
+    model = onnx.load(str(directory / "model.onnx"))
+    del model.metadata_props[:]
+    keep = [i for i in model.graph.input if i.name != "position_ids"]
+    head_dim = None
+    for value in keep:
+        if value.name.startswith("past_key_values."):
+            dim = value.type.tensor_type.shape.dim[3]
+            head_dim = dim.dim_value
+            dim.dim_param = "kv_cache_dim"
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    out.mkdir()
+    onnx.save(model, str(out / "model.onnx"))
+    config = {"model": {"decoder": {"head_size": head_dim}}, "search": {"past_present_share_buffer": share_buffer}}
+    (out / "genai_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("share_buffer", [True, False])
+def test_model_builder_graphs_run_their_cache_as_genai_config_says(exported, tmp_path, share_buffer):
+    from runtime import generate
+
+    directory = exported("sym")
+    builder = _as_model_builder_graph(directory, tmp_path / "builder", share_buffer)
+    ids = token_batch(2, 7, seed=3).numpy()
+    with _session(directory) as ours:
+        expect = generate(ours, ids, 5, in_place=False).tokens
+    with _session(builder) as session:
+        assert "position_ids" not in session.input_metadata()
+        assert session.input_metadata()["past_key_values.0.key"].shape[3] == 16  # from genai_config.json
+        assert session.supports_in_place_cache is share_buffer
+        np.testing.assert_array_equal(generate(session, ids, 5).tokens, expect)
+        np.testing.assert_array_equal(generate(session, ids, 5, in_place=False).tokens, expect)
+
+
+def test_genai_config_is_a_hint_not_a_requirement(tmp_path):
+    from runtime.ort import genai_cache_config
+
+    model = tmp_path / "model.onnx"
+    assert genai_cache_config(model) == (None, False)  # no file
+    (tmp_path / "genai_config.json").write_text("{not json")
+    assert genai_cache_config(model) == (None, False)
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": 64}}}))
+    assert genai_cache_config(model) == (64, False)
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": "64"}},
+                                                            "search": {"past_present_share_buffer": True}}))
+    assert genai_cache_config(model) == (None, False)

@@ -40,7 +40,9 @@ def test_quality_bench_runs_a_grid_resumes_and_writes_json_csv_png(tmp_path, cap
     assert code == 0
     table = capsys.readouterr().out
     assert "FP perplexity" in table and "| W4 g32 | gptaq | reorder=group |" in table
-    results = json.loads((out / "results.json").read_text())["results"]
+    report = json.loads((out / "results.json").read_text())
+    assert report["meta"]["command"].startswith("python -m tools.bench quality --model ")  # no checkout path
+    results = report["results"]
     assert [r["method"] for r in results] == ["fp", "rtn", "gptq", "gptq", "gptaq", "gptaq"]
     assert all(r["ppl"] > 1 for r in results) and all(r["quant_seconds"] > 0 for r in results[1:])
     assert (out / "results.csv").read_text().count("\n") == 7
