@@ -356,11 +356,13 @@ class _DecoderWriter:
         spec, b = self.spec, self.b
         head = get_module(self.model, spec.head)
         embedding = get_module(self.model, spec.embedding)
-        if spec.head not in self.quant and head.weight.data_ptr() == embedding.weight.data_ptr():
+        parts = getattr(head, "parts", None)  # a RowSplitLinear head (INT8 rows + INT4 rest): one MatMul each, concatenated
+        if parts is None and spec.head not in self.quant and head.weight.data_ptr() == embedding.weight.data_ptr():
             # Tied: one table in the file; ORT folds the transpose once at session start.
             table = b.op("Transpose", [self.embedding_table], spec.head, perm=[1, 0])
             return b.op("MatMul", [x, table], spec.head, outputs=["logits"])
-        out = self.linear(x, [spec.head], spec.head)
+        paths = [f"{spec.head}.parts.{i}" for i in range(len(parts))] if parts is not None else [spec.head]
+        out = self.linear(x, paths, spec.head)
         return b.op("Identity", [out], spec.head, outputs=["logits"])
 
     def embedding_from_head(self, embedding: nn.Module) -> str:
@@ -374,6 +376,9 @@ class _DecoderWriter:
         """
         spec, b = self.spec, self.b
         head = self.quant.get(spec.head)
+        if head is None and f"{spec.head}.parts.0" in self.quant:
+            raise UserError("--share-embedding: the LM head is split into INT8 and INT4 rows (head_int8_rows); "
+                            "the shared table needs one symmetric INT4 head")
         reason = shared_table_reason(head, embedding)
         if reason is not None:
             raise UserError(f"--share-embedding: {reason}")

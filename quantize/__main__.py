@@ -57,6 +57,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--head-bits", type=int, default=16, help="LM head bits: 16 (full precision), 8 or 4; calibrated like the blocks, the embedding stays exact")
     g.add_argument("--head-group-size", type=int, default=-1, help="LM head group size (-1 = per output channel, default)")
+    g.add_argument("--head-int8-rows", type=int, default=0, metavar="N",
+                   help="with --head-bits 4: keep the head's first N rows (token ids < N, the frequent ones in BPE "
+                        "vocabularies) at INT8 per channel (default 0: all rows alike)")
     d = p.add_argument_group("data")
     d.add_argument("--calib", default=None, help="wikitext2 | c4 | a dataset name | a .txt/.jsonl/.parquet file or dir | an image folder (default: embedded English text)")
     d.add_argument("--nsamples", type=int, default=128)
@@ -86,7 +89,8 @@ def config_from_args(args) -> QuantConfig:
                        mse_clip=mse_clip, reorder=reorder, alpha=args.alpha, damp=args.damp,
                        block_size=args.block_size, a_bits=args.a_bits, a_sym=args.a_sym,
                        a_clip_ratio=args.a_clip_ratio, rotate=args.rotate, seed=args.seed,
-                       head_bits=args.head_bits, head_group_size=args.head_group_size)
+                       head_bits=args.head_bits, head_group_size=args.head_group_size,
+                       head_int8_rows=args.head_int8_rows)
 
 
 def _check_output(out: Path, resume_dir: Path, args) -> None:

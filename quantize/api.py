@@ -145,6 +145,10 @@ def quantize_model(
     if config.quantizes_head and (spec.final_norm is None or spec.modality != "text"):
         raise UserError(f"{spec.name}: quantizing the head (head_bits={config.head_bits}) is supported for "
                         "causal LMs with a final norm only")
+    if config.head_int8_rows:  # refused before calibration, not after the last block
+        head_rows = get_module(model, spec.head).out_features
+        if config.head_int8_rows >= head_rows:
+            raise UserError(f"head_int8_rows={config.head_int8_rows} leaves no INT4 rows: the head has {head_rows} output rows")
     if config.rotate:
         from .rotate import check_rotatable, rotate_model
 

@@ -32,7 +32,7 @@ from .config import QuantConfig
 from .errors import NumericalError, UserError
 from .gptq import SolveResult, rtn, solve
 from .hessian import HessianAccumulator
-from .qmodel import QuantLinear
+from .qmodel import QuantLinear, RowSplitLinear
 
 log = logging.getLogger(__name__)
 
@@ -322,10 +322,10 @@ class BlockWalker:
         return acc
 
     def _solve(self, index: int, g: int, name: str, module: QuantLinear, acc: HessianAccumulator | None,
-               logs: list[LayerLog], head: bool = False) -> tuple[str, SolveResult]:
+               logs: list[LayerLog], head: bool = False, grid: tuple[int, int] | None = None) -> tuple[str, SolveResult]:
         full = name if head else f"{self.spec.blocks}.{index}.{name}"
         c = self.config
-        bits, group_size = c.grid(head)
+        bits, group_size = grid or c.grid(head)
         start = time.perf_counter()
         try:
             if acc is None:
@@ -346,25 +346,29 @@ class BlockWalker:
         """Quantize the LM head on the final-norm outputs of the streams (after the last block).
 
         The head is untied from the embedding first when they share a weight (the embedding
-        stays exact). ``H`` comes from ``norm(X_q)`` and, for GPTAQ, ``dXXT`` from
-        ``norm(X_fp)``; RTN needs neither. The head gets no activation quantizer.
+        stays exact), and cut into INT8 and INT4 rows with ``head_int8_rows``. ``H`` comes from
+        ``norm(X_q)`` and, for GPTAQ, ``dXXT`` from ``norm(X_fp)``; RTN needs neither. Both
+        are input-side, so every part of a split head is solved on the same accumulator (the
+        solver treats rows independently: a split solve equals one solve with per-row grids).
+        The head gets no activation quantizer.
         """
-        head = untie_head(self.model, self.spec)
+        parts = head_parts(self.model, self.spec, self.config)
+        index = len(get_module(self.model, self.spec.blocks))
         norm = get_module(self.model, self.spec.final_norm)
         acc = None
         if state.x_q is not None and self.config.method != "rtn":
-            head_home, norm_home = head.weight.device, next(norm.parameters(), head.weight).device
+            norm_home = next(norm.parameters(), parts[0][1].weight).device
             norm.to(self.device)
-            acc = HessianAccumulator(head.in_features, asym=state.x_fp is not None, device=self.device)
+            acc = HessianAccumulator(parts[0][1].in_features, asym=state.x_fp is not None, device=self.device)
             for k, x in enumerate(state.x_q):
                 x_fp = norm(state.x_fp[k].to(self.device)) if state.x_fp is not None else None
                 acc.add(norm(x.to(self.device)), x_fp)
             norm.to(norm_home)
-            head.to(self.device)
-            self._solve(len(get_module(self.model, self.spec.blocks)), -1, self.spec.head, head, acc, state.logs, head=True)
-            head.to(head_home)
-        else:
-            self._solve(len(get_module(self.model, self.spec.blocks)), -1, self.spec.head, head, None, state.logs, head=True)
+        for name, module, grid in parts:
+            home = module.weight.device
+            module.to(self.device)
+            self._solve(index, -1, name, module, acc, state.logs, head=True, grid=grid)
+            module.to(home)
 
 
 def untie_head(model: nn.Module, spec: ArchSpec) -> QuantLinear:
@@ -379,6 +383,25 @@ def untie_head(model: nn.Module, spec: ArchSpec) -> QuantLinear:
         head = QuantLinear.from_linear(head)
         set_module(model, spec.head, head)
     return head
+
+
+def head_parts(model: nn.Module, spec: ArchSpec, config: QuantConfig) -> list[tuple[str, QuantLinear, tuple[int, int]]]:
+    """The LM head's Linears to quantize, each with its module path and ``(bits, group_size)``.
+
+    One untied :class:`QuantLinear` at ``spec.head``, or with ``config.head_int8_rows`` a
+    :class:`RowSplitLinear` installed there whose ``parts.0`` (INT8 per channel) holds the first
+    ``head_int8_rows`` rows and ``parts.1`` the rest.
+    """
+    head = untie_head(model, spec)
+    grids = config.head_grids()
+    if len(grids) == 1:
+        return [(spec.head, head, grids[0])]
+    rows = config.head_int8_rows
+    if rows >= head.out_features:
+        raise UserError(f"head_int8_rows={rows} leaves no INT4 rows: the head has {head.out_features} output rows")
+    split = RowSplitLinear.from_linear(head, [rows])
+    set_module(model, spec.head, split)
+    return [(f"{spec.head}.parts.{i}", part, grid) for i, (part, grid) in enumerate(zip(split.parts, grids))]
 
 
 def _restore(model: nn.Module, spec: ArchSpec, config: QuantConfig, store, saved: dict[str, Any],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .config import QuantConfig
 from .errors import UserError
 from .gptq import SolveResult
 from .primitives import dequantize_grouped, from_gptq_tensors, to_gptq_tensors
-from .qmodel import QuantLinear
+from .qmodel import QuantLinear, RowSplitLinear
 
 WEIGHTS = "model.safetensors"
 QUANT_CONFIG = "quant_config.json"
@@ -137,12 +138,21 @@ def hf_quantization_config(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
     }
 
 
+def head_grid_of(cfg: QuantConfig, spec: ArchSpec) -> dict[str, tuple[int, int]]:
+    """``{module path: (bits, group_size)}`` of the quantized LM head's Linears (empty when it stays float)."""
+    if not cfg.quantizes_head:
+        return {}
+    grids = cfg.head_grids()
+    if len(grids) == 1:
+        return {spec.head: grids[0]}
+    return {f"{spec.head}.parts.{i}": grid for i, grid in enumerate(grids)}
+
+
 def _head_override(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
     """GPTQModel's per-module ``dynamic`` override when the head's grid differs from the blocks'."""
-    if not cfg.quantizes_head or cfg.grid(head=True) == cfg.grid():
-        return {}
-    bits, group = cfg.grid(head=True)
-    return {"dynamic": {f"+:^{spec.head}$": {"bits": bits, "group_size": group}}}
+    rules = {f"+:^{re.escape(name)}$": {"bits": bits, "group_size": group}
+             for name, (bits, group) in head_grid_of(cfg, spec).items() if (bits, group) != cfg.grid()}
+    return {"dynamic": rules} if rules else {}
 
 
 def save_quantized(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: Any = None, overwrite: bool = False) -> Path:
@@ -246,8 +256,11 @@ def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "
         attach_online_hadamards(model, rotation)
     tensors = _read_tensors(directory / WEIGHTS)
     dtype = next(model.parameters()).dtype
+    head_grids = head_grid_of(cfg, spec)
+    if cfg.head_int8_rows:  # the split head's parts are installed into an empty RowSplitLinear of the saved row counts
+        _install_split_head(model, spec, cfg, tensors)
     for name in meta["quantized_modules"]:
-        _install_quantized(model, name, tensors, cfg, dtype, head=name == spec.head)
+        _install_quantized(model, name, tensors, cfg, dtype, grid=head_grids.get(name))
     plain = {k: v for k, v in tensors.items() if not k.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx")}
     for alias, target in meta.get("tied", {}).items():
         plain[alias] = plain[target]
@@ -272,14 +285,32 @@ def _read_log(directory: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def _install_split_head(model: nn.Module, spec: ArchSpec, cfg: QuantConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace the float head with a :class:`RowSplitLinear` whose parts have the stored row counts."""
+    head = get_module(model, spec.head)
+    rows, start = [], 0
+    for name in list(head_grid_of(cfg, spec))[:-1]:
+        scales = tensors.get(f"{name}.scales")
+        if scales is None:
+            raise UserError(f"checkpoint lacks {name}.scales (its head is split at head_int8_rows={cfg.head_int8_rows})")
+        start += int(scales.shape[1])  # GPTQ scales are [groups, out]
+        rows.append(start)
+    try:
+        set_module(model, spec.head, RowSplitLinear.from_linear(head, rows))
+    except ValueError as exc:
+        raise UserError(f"checkpoint head split does not fit the model: {exc}") from None
+
+
 def _install_quantized(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], cfg: QuantConfig, dtype: torch.dtype,
-                       head: bool = False) -> None:
+                       grid: tuple[int, int] | None = None) -> None:
+    """Install one stored GPTQ Linear; ``grid`` is an LM head part's ``(bits, group_size)`` (None: a block Linear)."""
     linear = get_module(model, name)
     try:
         parts = {k: tensors[f"{name}.{k}"] for k in ("qweight", "qzeros", "scales", "g_idx")}
     except KeyError as exc:
         raise UserError(f"checkpoint lacks {exc.args[0]}") from None
-    bits, group_size = cfg.grid(head)
+    head = grid is not None
+    bits, group_size = grid or cfg.grid()
     unpacked = from_gptq_tensors(parts, bits, linear.in_features)
     weight = dequantize_grouped(unpacked["codes"], unpacked["scales"], unpacked["zeros"], unpacked["g_idx"]).to(dtype)
     module = linear if isinstance(linear, QuantLinear) else QuantLinear.from_linear(linear)

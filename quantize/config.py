@@ -94,6 +94,11 @@ class QuantConfig(_JsonConfig):
             same method on the final-norm outputs. A head tied to the embedding is untied;
             the embedding stays exact.
         head_group_size: the head's group size (-1 = per output channel, else a power of two).
+        head_int8_rows: with a 4-bit head, keep its first N output rows (token ids < N) at
+            INT8 per output channel and the rest at ``head_bits`` / ``head_group_size``: BPE
+            vocabularies number tokens in merge order, so the low ids are the frequent ones and
+            carry most of the head's error. 0 (default) quantizes every row alike. The head is
+            then two Linears, ``<head>.parts.0`` / ``.parts.1``, whose logits are concatenated.
         seed: seed for calibration sampling and rotations.
     """
 
@@ -114,6 +119,7 @@ class QuantConfig(_JsonConfig):
     seed: int = 0
     head_bits: int = 16
     head_group_size: int = -1
+    head_int8_rows: int = 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -143,6 +149,11 @@ class QuantConfig(_JsonConfig):
         _check_type(owner, "head_group_size", self.head_group_size, int, allowed_group)
         if self.head_group_size != -1 and not _is_power_of_two(self.head_group_size):
             raise ConfigError(owner, "head_group_size", self.head_group_size, allowed_group)
+        _check_type(owner, "head_int8_rows", self.head_int8_rows, int, "a non-negative integer")
+        if self.head_int8_rows < 0:
+            raise ConfigError(owner, "head_int8_rows", self.head_int8_rows, "a non-negative integer")
+        if self.head_int8_rows and self.head_bits != 4:
+            raise ConfigError(owner, "head_int8_rows", self.head_int8_rows, "0 unless head_bits is 4 (it keeps INT8 rows in an INT4 head)")
         _check_type(owner, "alpha", self.alpha, float, "a number in [0, 1]")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(owner, "alpha", self.alpha, "a number in [0, 1]")
@@ -178,3 +189,7 @@ class QuantConfig(_JsonConfig):
     def grid(self, head: bool = False) -> tuple[int, int]:
         """``(bits, group_size)`` of the block Linears, or of the LM head with ``head=True``."""
         return (self.head_bits, self.head_group_size) if head else (self.w_bits, self.group_size)
+
+    def head_grids(self) -> list[tuple[int, int]]:
+        """``(bits, group_size)`` of each part of the LM head: one part, or INT8 rows then the rest."""
+        return [(8, -1), self.grid(head=True)] if self.head_int8_rows else [self.grid(head=True)]

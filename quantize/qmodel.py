@@ -113,3 +113,49 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         state = f"w{self.bits} g{self.group_size} {'sym' if self.sym else 'asym'}" if self.is_quantized else "not quantized"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {state}"
+
+
+class RowSplitLinear(nn.Module):
+    """A Linear cut along its output rows into parts with grids of their own (an LM head with INT8
+    rows for the frequent token ids and INT4 for the rest).
+
+    ``forward(x)`` is ``cat([part(x) for part in parts], -1)``: ``[..., in]`` → ``[..., out]``,
+    exactly the Linear whose weight stacks the parts' weights. Each part is a
+    :class:`QuantLinear`, so saving, loading and export treat it like any quantized Linear
+    (``<name>.parts.0``, ``<name>.parts.1``, ...).
+    """
+
+    def __init__(self, parts: list[QuantLinear]) -> None:
+        super().__init__()
+        if not parts or len({p.in_features for p in parts}) != 1:
+            raise ValueError("RowSplitLinear needs one or more parts with the same in_features")
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, rows: list[int]) -> "RowSplitLinear":
+        """Parts holding copies of ``linear``'s rows ``[0, rows[0])``, ``[rows[0], rows[1])``, ..., ``[rows[-1], out)``."""
+        bounds = [0, *rows, linear.out_features]
+        if any(b >= e for b, e in zip(bounds, bounds[1:])):
+            raise ValueError(f"row boundaries {rows} do not split {linear.out_features} rows into non-empty parts")
+        parts = []
+        for start, stop in zip(bounds, bounds[1:]):
+            part = nn.Linear(linear.in_features, stop - start, bias=linear.bias is not None,
+                             device=linear.weight.device, dtype=linear.weight.dtype)
+            part.weight = nn.Parameter(linear.weight.detach()[start:stop].clone(), requires_grad=False)
+            if linear.bias is not None:
+                part.bias = nn.Parameter(linear.bias.detach()[start:stop].clone(), requires_grad=False)
+            parts.append(QuantLinear.from_linear(part))
+        return cls(parts)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``[out, in]`` the stacked (dequantized) weights of the parts (a copy)."""
+        return torch.cat([p.weight for p in self.parts])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rows={[p.out_features for p in self.parts]}"

@@ -49,7 +49,7 @@ GPTQMODEL_METHODS = ("gptqmodel-gptq", "gptqmodel-gptaq")
 #: QuantConfig fields a ``--case`` may set, with their parsers.
 OPTION_TYPES = {"reorder": str, "mse_clip": lambda v: v.lower() in ("1", "true", "on", "yes"),
                 "sym": lambda v: v.lower() in ("1", "true", "on", "yes"), "damp": float, "alpha": float,
-                "head_bits": int, "head_group_size": int}
+                "head_bits": int, "head_group_size": int, "head_int8_rows": int}
 WORKER = Path(__file__).with_name("gptqmodel_worker.py")
 
 

@@ -23,12 +23,16 @@ SCHEMES = {
     # Quantized LM heads (tied embeddings: the head is untied, the embedding stays float).
     "head8": QuantConfig(method="gptq", group_size=32, reorder="group", head_bits=8),
     "head4": QuantConfig(method="rtn", group_size=32, head_bits=4, head_group_size=32),
+    # Split head: token ids < 40 INT8 per channel, the rest INT4 g32 (asymmetric: uint8 + uint4).
+    "head_split": QuantConfig(method="gptaq", group_size=32, sym=False, head_bits=4, head_group_size=32,
+                              head_int8_rows=40),
 }
 #: Rotated schemes use a non-power-of-two intermediate size (96 = 12 x 8, a Paley factor) and
 #: tied embeddings (rotation unties them).
 MODEL_KWARGS = {"rot_w4a4": {"intermediate_size": 96, "tie_word_embeddings": True},
                 "rot_w4a16": {"intermediate_size": 96, "tie_word_embeddings": True},
-                "head8": {"tie_word_embeddings": True}, "head4": {"tie_word_embeddings": True}}
+                "head8": {"tie_word_embeddings": True}, "head4": {"tie_word_embeddings": True},
+                "head_split": {"tie_word_embeddings": True}}
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,12 @@ def test_group_reorder_and_quantized_head_flags(model_dir, calib_file, tmp_path,
     assert "head (lm_head)" in capsys.readouterr().out
     assert cli(base_args(model_dir, calib_file, tmp_path / "ao") + ["--act-order", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["reorder"] == "act"
+    split = tmp_path / "split"
+    assert cli(base_args(model_dir, calib_file, split) + ["--head-bits", "4", "--head-group-size", "32",
+                                                          "--head-int8-rows", "32"]) == 0
+    meta = json.loads((split / "quant_config.json").read_text())
+    assert meta["quant_config"]["head_int8_rows"] == 32
+    assert {"lm_head.parts.0", "lm_head.parts.1"} <= set(meta["quantized_modules"])
 
 
 def test_rotated_w4a4_cli_records_rotation(model_dir, calib_file, tmp_path, capsys):
@@ -77,6 +83,8 @@ def test_rotated_w4a4_cli_records_rotation(model_dir, calib_file, tmp_path, caps
     (["--device", "cuda:7"], "CUDA is not available"),
     (["--act-order", "--reorder", "group"], "--act-order is --reorder act; it contradicts --reorder group"),
     (["--head-bits", "6"], "QuantConfig.head_bits=6 is invalid"),
+    (["--head-int8-rows", "16"], "QuantConfig.head_int8_rows=16 is invalid: expected 0 unless head_bits is 4"),
+    (["--head-bits", "4", "--head-group-size", "32", "--head-int8-rows", "100000"], "head_int8_rows=100000 leaves no INT4 rows"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, calib_file, tmp_path, capsys, extra, message):
     out = tmp_path / "q"

@@ -66,3 +66,66 @@ def test_head_config_is_validated_and_refused_where_unsupported():
         QuantConfig(head_bits=4, head_group_size=48)
     with pytest.raises(UserError, match="head"):
         quantize_model(tiny_hf_vit(), torch.randn(4, 3, 32, 32), QuantConfig(method="rtn", head_bits=8), progress=False)
+
+
+def test_split_head_keeps_int8_rows_and_equals_one_solve_with_per_row_grids(tmp_path):
+    """head_int8_rows: the first N rows INT8 per channel, the rest INT4 g32, logits concatenated.
+    Both parts share the input-side H, so each part equals solving the whole head on that part's
+    grid and keeping its rows (the solver treats rows independently)."""
+    from quantize.gptq import solve
+    from quantize.qmodel import RowSplitLinear
+
+    calib = token_batch(8, 32)
+    model = tiny_llama(tie_word_embeddings=True)
+    vocab = model.config.vocab_size
+    config = QuantConfig(method="gptaq", group_size=32, head_bits=4, head_group_size=32, head_int8_rows=40)
+    captured = {}
+    import quantize.calibrate as calibrate
+
+    real = calibrate.solve
+
+    def spy(weight, H, **kw):
+        captured.setdefault("calls", []).append((weight.shape[0], kw["bits"], kw["group_size"]))
+        captured["H"], captured["dXXT"], captured["kw"] = H, kw.get("dXXT"), kw
+        return real(weight, H, **kw)
+
+    fp_head = model.lm_head.weight.detach().clone()
+    calibrate.solve = spy
+    try:
+        quantize_model(model, calib, config, progress=False)
+    finally:
+        calibrate.solve = real
+    head = model.lm_head
+    assert isinstance(head, RowSplitLinear) and [p.out_features for p in head.parts] == [40, vocab - 40]
+    assert [(p.bits, p.group_size) for p in head.parts] == [(8, -1), (4, 32)]
+    assert captured["calls"][-2:] == [(40, 8, -1), (vocab - 40, 4, 32)]
+    kw = {k: v for k, v in captured["kw"].items() if k not in ("bits", "group_size")}
+    for part, (start, stop, bits, group) in zip(head.parts, [(0, 40, 8, -1), (40, vocab, 4, 32)]):
+        whole = solve(fp_head, captured["H"], bits=bits, group_size=group, **kw)
+        assert torch.equal(part.weight, whole.weight[start:stop])
+    names = [e["name"] for e in model.quant_state.log if e["group"] == -1]
+    assert names == ["lm_head.parts.0", "lm_head.parts.1"]
+
+    out = save_quantized(model, tmp_path / "ckpt")
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    # GPTQModel's per-module override names the INT8 part; the INT4 g32 part has the blocks' grid
+    assert qcfg["dynamic"] == {r"+:^lm_head\.parts\.0$": {"bits": 8, "group_size": -1}}
+    loaded = load_quantized(out)
+    assert isinstance(loaded.lm_head, RowSplitLinear)
+    assert [(p.bits, p.group_size, p.out_features) for p in loaded.lm_head.parts] == [(8, -1, 40), (4, 32, vocab - 40)]
+    ids = token_batch(2, 12, seed=4)
+    with torch.no_grad():
+        logits = model(ids).logits
+        assert logits.shape[-1] == vocab
+        assert torch.equal(loaded(ids).logits, logits)
+
+
+def test_split_head_config_is_validated():
+    with pytest.raises(ConfigError, match="head_int8_rows"):
+        QuantConfig(head_bits=8, head_int8_rows=16)
+    with pytest.raises(ConfigError, match="head_int8_rows"):
+        QuantConfig(head_bits=4, head_int8_rows=-1)
+    model = tiny_llama()
+    with pytest.raises(UserError, match="no INT4 rows"):
+        quantize_model(model, token_batch(), QuantConfig(method="rtn", head_bits=4, head_group_size=32,
+                                                         head_int8_rows=model.config.vocab_size), progress=False)
