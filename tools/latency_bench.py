@@ -60,10 +60,12 @@ class LatencyConfig(_JsonConfig):
         backend: ``"ort"`` / ``"trt"`` or ``None`` (what each artifact is); all must agree.
         provider / threads / accuracy_level: ONNX Runtime session options.
         memory: measure each artifact's peak host memory in its own process.
-        spinning: let ONNX Runtime's idle intra-op threads spin-wait between runs. Off by
-            default: the artifacts take turns on the same cores, and the spinning threads of
-            the session that just ran slowed the next one's decode step about 2x (SmolLM2-135M,
-            2 cores: FP32 80 vs 36 ms, W4A16 37 vs 19 ms, three sessions interleaved).
+        spinning: let ONNX Runtime's idle intra-op threads spin-wait between runs (ORT's own
+            default). Off by default here: the artifacts take turns on the same cores, and
+            interleaved run by run, the spinning threads of the session that just ran slowed
+            the next one's decode step about 2x (SmolLM2-135M, 2 cores: FP32 80 vs 36 ms,
+            W4A16 37 vs 19 ms, three sessions). On, the artifacts take turns in blocks with a
+            pause between (:func:`time_shape`), which times each as a lone session.
         seed: seed of the token ids, cache contents and pixels.
     """
 
@@ -262,19 +264,52 @@ def step_runner(model: Model, shape: Shape, seed: int) -> Callable[[], Any]:
     return lambda: session._run(feeds)
 
 
+#: With spinning on, artifacts take turns in blocks of this many timed runs ...
+SPIN_BLOCK = 5
+#: ... each after a pause that lets the previous session's spinning threads go to sleep, and an untimed run.
+SPIN_SETTLE_S = 0.05
+
+
+def turn_order(labels: list[str], iterations: int, block: int) -> list[tuple[str, int]]:
+    """``(label, runs)`` turns: rotating rounds of ``block`` runs each until every label has ``iterations``.
+
+    Round ``r`` starts at label ``r mod n``, so no artifact always follows the same one.
+    """
+    turns, done, r = [], dict.fromkeys(labels, 0), 0
+    while any(v < iterations for v in done.values()):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            runs = min(block, iterations - done[label])
+            if runs:
+                turns.append((label, runs))
+                done[label] += runs
+        r += 1
+    return turns
+
+
 def time_shape(models: list[Model], shape: Shape, config: LatencyConfig, progress) -> dict[str, list[float]]:
-    """Seconds per run of each model on ``shape``: warm-up, then interleaved rounds."""
+    """Seconds per run of each model on ``shape``: warm-up, then interleaved rounds.
+
+    Spinning off (default): the models take turns run by run. Spinning on (ONNX Runtime's own
+    default, what a lone deployed session gets): they take turns in blocks of
+    :data:`SPIN_BLOCK` runs, each block after a :data:`SPIN_SETTLE_S` pause and one untimed run,
+    so the threads of the session that ran before have stopped spinning and do not share the
+    cores with the one being timed.
+    """
     runs = {m.label: step_runner(m, shape, config.seed) for m in models}
     for m in models:
         for _ in range(config.warmup):
             runs[m.label]()
     samples: dict[str, list[float]] = {m.label: [] for m in models}
-    for r in range(config.iterations):
-        for m in models[r % len(models):] + models[: r % len(models)]:
+    block = SPIN_BLOCK if config.spinning else 1
+    for label, count in turn_order([m.label for m in models], config.iterations, block):
+        if config.spinning:
+            time.sleep(SPIN_SETTLE_S)
+            runs[label]()
+        for _ in range(count):
             start = time.perf_counter()
-            runs[m.label]()
-            samples[m.label].append(time.perf_counter() - start)
-        progress.update(1)
+            runs[label]()
+            samples[label].append(time.perf_counter() - start)
+        progress.update(count / len(models))  # the bar counts rounds: one timed run of every model
     return samples
 
 

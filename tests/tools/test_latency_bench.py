@@ -13,7 +13,7 @@ import pytest
 
 from quantize.cli import run_cli
 from tools import bench, bench_report
-from tools.latency_bench import LatencyConfig, Shape, make_feeds, open_model, step_runner, summarize
+from tools.latency_bench import LatencyConfig, Shape, make_feeds, open_model, step_runner, summarize, turn_order
 
 pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +25,14 @@ def test_summarize_percentiles():
     stats = summarize([0.001 * i for i in range(1, 101)])
     assert stats["median_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1)
     assert stats["p99_ms"] == pytest.approx(99.01) and stats["min_ms"] == pytest.approx(1.0)
+
+
+def test_turn_order_rotates_blocks_until_every_artifact_has_its_runs():
+    assert turn_order(["a", "b", "c"], 2, 1) == [("a", 1), ("b", 1), ("c", 1), ("b", 1), ("c", 1), ("a", 1)]
+    turns = turn_order(["a", "b"], 12, 5)  # spinning: blocks of 5, the last one short
+    assert turns == [("a", 5), ("b", 5), ("b", 5), ("a", 5), ("a", 2), ("b", 2)]
+    for label in "ab":
+        assert sum(n for lab, n in turns if lab == label) == 12
 
 
 def test_feeds_follow_the_kv_signature(tiny_onnx):
@@ -189,3 +197,15 @@ def test_peak_memory_is_the_workers_own(tiny_onnx):
     child = peak_memory(str(tiny_onnx(8)), config, [Shape("prefill", 1, 4), Shape("decode", 1, 4)])
     del ballast
     assert 0 < child < parent - 300
+
+
+def test_spinning_bench_times_every_artifact_its_iterations(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "spin"
+    fast = ["--prompt-lengths", "8", "--cache-lengths", "8", "--batch-sizes", "1", "--warmup", "1", "--iterations", "7",
+            "--threads", "1"]
+    code = run_cli(bench.main, [f"w8={tiny_onnx(8)}", f"w4={tiny_onnx(4)}", *fast, "--spinning", "--no-memory",
+                                "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert {(r["artifact"], r["phase"]) for r in rows} == {(a, p) for a in ("w8", "w4") for p in ("prefill", "decode")}
+    assert all(int(r["iterations"]) == 7 for r in rows)
