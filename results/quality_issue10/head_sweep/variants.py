@@ -28,18 +28,20 @@ def q(method, bits, g, sym=True, mse=False, reorder="none", alpha=0.25, rows=Non
 def report(name, Wh):
     p = ppl(Wh); print(f"{name:40s} ppl {p:.4f}  cost {100*(p/base-1):+.2f}%", flush=True)
 cases = sys.argv[2].split(",")
-for c in cases:
-    t = time.time()
-    if c.startswith("split"):  # split:N:lo-bits:lo-g  ids < N at INT8 per-channel, the rest INT4
-        _, n, g = c.split(":"); n, g = int(n), int(g)
-        hi = q("gptaq", 8, -1, rows=slice(0, n)); lo = q("gptaq", 4, g, rows=slice(n, None))
-        report(c, torch.cat([hi, lo]))
-        continue
-    m, bits, g, *opts = c.split(":")
+def options(opts):
     kw = {}
     for o in opts:
         if o == "asym": kw["sym"] = False
         elif o == "mse": kw["mse"] = True
         elif o.startswith("a="): kw["alpha"] = float(o[2:])
         else: kw["reorder"] = o
-    report(c, q(m, int(bits), int(g), **kw))
+    return kw
+for c in cases:
+    if c.startswith("split"):  # split:N:G[:opts]  ids < N at INT8 per channel, the rest INT4 gG; opts apply to both
+        _, n, g, *opts = c.split(":"); n, g = int(n), int(g)
+        kw = options(opts)
+        hi = q("gptaq", 8, -1, rows=slice(0, n), **kw); lo = q("gptaq", 4, g, rows=slice(n, None), **kw)
+        report(c, torch.cat([hi, lo]))
+        continue
+    m, bits, g, *opts = c.split(":")
+    report(c, q(m, int(bits), int(g), **options(opts)))
