@@ -141,8 +141,8 @@ class RowSplitLinear(nn.Module):
             raise ValueError(f"row boundaries {rows} do not split {linear.out_features} rows into non-empty parts")
         parts = []
         for start, stop in zip(bounds, bounds[1:]):
-            part = nn.Linear(linear.in_features, stop - start, bias=linear.bias is not None,
-                             device=linear.weight.device, dtype=linear.weight.dtype)
+            # meta: no throwaway allocation, the copied rows replace the parameters right away
+            part = nn.Linear(linear.in_features, stop - start, bias=linear.bias is not None, device="meta")
             part.weight = nn.Parameter(linear.weight.detach()[start:stop].clone(), requires_grad=False)
             if linear.bias is not None:
                 part.bias = nn.Parameter(linear.bias.detach()[start:stop].clone(), requires_grad=False)

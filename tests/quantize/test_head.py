@@ -129,3 +129,18 @@ def test_split_head_config_is_validated():
     with pytest.raises(UserError, match="no INT4 rows"):
         quantize_model(model, token_batch(), QuantConfig(method="rtn", head_bits=4, head_group_size=32,
                                                          head_int8_rows=model.config.vocab_size), progress=False)
+
+
+def test_row_split_linear_computes_the_linear_it_cuts():
+    from quantize.qmodel import RowSplitLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 10)
+    split = RowSplitLinear.from_linear(linear, [3, 7])
+    assert [p.out_features for p in split.parts] == [3, 4, 3] and split.weight.shape == (10, 8)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.equal(split(x), torch.cat([x @ linear.weight[a:b].t() + linear.bias[a:b]
+                                                for a, b in ((0, 3), (3, 7), (7, 10))], -1))
+    with pytest.raises(ValueError, match="non-empty parts"):
+        RowSplitLinear.from_linear(linear, [10])
