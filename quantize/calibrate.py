@@ -393,15 +393,15 @@ def head_parts(model: nn.Module, spec: ArchSpec, config: QuantConfig) -> list[tu
     ``head_int8_rows`` rows and ``parts.1`` the rest.
     """
     head = untie_head(model, spec)
-    grids = config.head_grids()
-    if len(grids) == 1:
-        return [(spec.head, head, grids[0])]
+    grids = config.head_modules(spec.head)
+    if not config.head_int8_rows:
+        return [(spec.head, head, grids[spec.head])]
     rows = config.head_int8_rows
     if rows >= head.out_features:
         raise UserError(f"head_int8_rows={rows} leaves no INT4 rows: the head has {head.out_features} output rows")
     split = RowSplitLinear.from_linear(head, [rows])
     set_module(model, spec.head, split)
-    return [(f"{spec.head}.parts.{i}", part, grid) for i, (part, grid) in enumerate(zip(split.parts, grids))]
+    return [(name, part, grid) for (name, grid), part in zip(grids.items(), split.parts)]
 
 
 def _restore(model: nn.Module, spec: ArchSpec, config: QuantConfig, store, saved: dict[str, Any],

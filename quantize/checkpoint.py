@@ -138,20 +138,10 @@ def hf_quantization_config(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
     }
 
 
-def head_grid_of(cfg: QuantConfig, spec: ArchSpec) -> dict[str, tuple[int, int]]:
-    """``{module path: (bits, group_size)}`` of the quantized LM head's Linears (empty when it stays float)."""
-    if not cfg.quantizes_head:
-        return {}
-    grids = cfg.head_grids()
-    if len(grids) == 1:
-        return {spec.head: grids[0]}
-    return {f"{spec.head}.parts.{i}": grid for i, grid in enumerate(grids)}
-
-
 def _head_override(cfg: QuantConfig, spec: ArchSpec) -> dict[str, Any]:
     """GPTQModel's per-module ``dynamic`` override when the head's grid differs from the blocks'."""
     rules = {f"+:^{re.escape(name)}$": {"bits": bits, "group_size": group}
-             for name, (bits, group) in head_grid_of(cfg, spec).items() if (bits, group) != cfg.grid()}
+             for name, (bits, group) in cfg.head_modules(spec.head).items() if (bits, group) != cfg.grid()}
     return {"dynamic": rules} if rules else {}
 
 
@@ -256,7 +246,7 @@ def load_quantized(out_dir: str | os.PathLike, *, device: str | torch.device = "
         attach_online_hadamards(model, rotation)
     tensors = _read_tensors(directory / WEIGHTS)
     dtype = next(model.parameters()).dtype
-    head_grids = head_grid_of(cfg, spec)
+    head_grids = cfg.head_modules(spec.head)
     if cfg.head_int8_rows:  # the split head's parts are installed into an empty RowSplitLinear of the saved row counts
         _install_split_head(model, spec, cfg, tensors)
     for name in meta["quantized_modules"]:
@@ -289,7 +279,7 @@ def _install_split_head(model: nn.Module, spec: ArchSpec, cfg: QuantConfig, tens
     """Replace the float head with a :class:`RowSplitLinear` whose parts have the stored row counts."""
     head = get_module(model, spec.head)
     rows, start = [], 0
-    for name in list(head_grid_of(cfg, spec))[:-1]:
+    for name in list(cfg.head_modules(spec.head))[:-1]:
         scales = tensors.get(f"{name}.scales")
         if scales is None:
             raise UserError(f"checkpoint lacks {name}.scales (its head is split at head_int8_rows={cfg.head_int8_rows})")

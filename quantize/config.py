@@ -190,6 +190,14 @@ class QuantConfig(_JsonConfig):
         """``(bits, group_size)`` of the block Linears, or of the LM head with ``head=True``."""
         return (self.head_bits, self.head_group_size) if head else (self.w_bits, self.group_size)
 
-    def head_grids(self) -> list[tuple[int, int]]:
-        """``(bits, group_size)`` of each part of the LM head: one part, or INT8 rows then the rest."""
-        return [(8, -1), self.grid(head=True)] if self.head_int8_rows else [self.grid(head=True)]
+    def head_modules(self, head: str) -> dict[str, tuple[int, int]]:
+        """``{module path: (bits, group_size)}`` of the quantized LM head at path ``head``, in row order.
+
+        Empty for a float head; ``{head: grid}`` for one grid; with ``head_int8_rows`` the
+        :class:`~quantize.qmodel.RowSplitLinear` parts, INT8 per channel rows first.
+        """
+        if not self.quantizes_head:
+            return {}
+        if not self.head_int8_rows:
+            return {head: self.grid(head=True)}
+        return {f"{head}.parts.0": (8, -1), f"{head}.parts.1": self.grid(head=True)}

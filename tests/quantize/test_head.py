@@ -68,7 +68,7 @@ def test_head_config_is_validated_and_refused_where_unsupported():
         quantize_model(tiny_hf_vit(), torch.randn(4, 3, 32, 32), QuantConfig(method="rtn", head_bits=8), progress=False)
 
 
-def test_split_head_keeps_int8_rows_and_equals_one_solve_with_per_row_grids(tmp_path):
+def test_split_head_keeps_int8_rows_and_equals_one_solve_with_per_row_grids(tmp_path, monkeypatch):
     """head_int8_rows: the first N rows INT8 per channel, the rest INT4 g32, logits concatenated.
     Both parts share the input-side H, so each part equals solving the whole head on that part's
     grid and keeping its rows (the solver treats rows independently)."""
@@ -90,11 +90,8 @@ def test_split_head_keeps_int8_rows_and_equals_one_solve_with_per_row_grids(tmp_
         return real(weight, H, **kw)
 
     fp_head = model.lm_head.weight.detach().clone()
-    calibrate.solve = spy
-    try:
-        quantize_model(model, calib, config, progress=False)
-    finally:
-        calibrate.solve = real
+    monkeypatch.setattr(calibrate, "solve", spy)
+    quantize_model(model, calib, config, progress=False)
     head = model.lm_head
     assert isinstance(head, RowSplitLinear) and [p.out_features for p in head.parts] == [40, vocab - 40]
     assert [(p.bits, p.group_size) for p in head.parts] == [(8, -1), (4, 32)]
