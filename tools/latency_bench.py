@@ -60,12 +60,13 @@ class LatencyConfig(_JsonConfig):
         backend: ``"ort"`` / ``"trt"`` or ``None`` (what each artifact is); all must agree.
         provider / threads / accuracy_level: ONNX Runtime session options.
         memory: measure each artifact's peak host memory in its own process.
-        spinning: let ONNX Runtime's idle intra-op threads spin-wait between runs (ORT's own
-            default). Off by default here: the artifacts take turns on the same cores, and
-            interleaved run by run, the spinning threads of the session that just ran slowed
-            the next one's decode step about 2x (SmolLM2-135M, 2 cores: FP32 80 vs 36 ms,
-            W4A16 37 vs 19 ms, three sessions). On, the artifacts take turns in blocks with a
-            pause between (:func:`time_shape`), which times each as a lone session.
+        spinning: let ONNX Runtime's idle intra-op threads spin-wait between runs: ORT's own
+            default, and what a session of :mod:`runtime` gets, so on by default. The artifacts
+            then take turns in blocks with a pause between (:func:`time_shape`), which times
+            each as a lone session: interleaved run by run, the spinning threads of the session
+            that just ran slowed the next one's decode step about 2x. Off, they take turns run
+            by run with sleeping threads, and every parallel kernel pays a thread wake-up: on
+            2-core VMs, 10-57 % more per INT4 decode step, varying from run to run.
         seed: seed of the token ids, cache contents and pixels.
     """
 
@@ -81,7 +82,7 @@ class LatencyConfig(_JsonConfig):
     threads: int | None = None
     accuracy_level: int | None = None
     memory: bool = True
-    spinning: bool = False
+    spinning: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -289,11 +290,10 @@ def turn_order(labels: list[str], iterations: int, block: int) -> list[tuple[str
 def time_shape(models: list[Model], shape: Shape, config: LatencyConfig, progress) -> dict[str, list[float]]:
     """Seconds per run of each model on ``shape``: warm-up, then interleaved rounds.
 
-    Spinning off (default): the models take turns run by run. Spinning on (ONNX Runtime's own
-    default, what a lone deployed session gets): they take turns in blocks of
-    :data:`SPIN_BLOCK` runs, each block after a :data:`SPIN_SETTLE_S` pause and one untimed run,
+    Spinning on (default; ONNX Runtime's own, what a lone deployed session gets): the models take
+    turns in blocks of :data:`SPIN_BLOCK` runs, each after a :data:`SPIN_SETTLE_S` pause and one untimed run,
     so the threads of the session that ran before have stopped spinning and do not share the
-    cores with the one being timed.
+    cores with the one being timed. Spinning off: the models take turns run by run.
     """
     runs = {m.label: step_runner(m, shape, config.seed) for m in models}
     for m in models:

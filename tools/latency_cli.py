@@ -31,9 +31,10 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--accuracy-level", type=int, choices=range(5), default=None,
                    help="ORT MatMulNBits accuracy level for exports fused at load (a build has its own)")
-    p.add_argument("--spinning", action="store_true",
-                   help="let ORT's idle threads spin between runs, as a lone ORT session does by default; the artifacts then "
-                        "take turns in blocks of runs with a pause between (off: turns run by run, no spinning)")
+    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=True,
+                   help="let ORT's idle threads spin between runs, as a lone ORT session does by default, the artifacts "
+                        "taking turns in blocks of runs with a pause between (default); --no-spinning: sleeping threads, "
+                        "turns run by run")
     p.add_argument("--no-memory", action="store_true", help="skip the peak host memory runs (one process per artifact)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", nargs="+", default=None, metavar="BENCH_JSON",

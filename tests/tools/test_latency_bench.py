@@ -199,13 +199,15 @@ def test_peak_memory_is_the_workers_own(tiny_onnx):
     assert 0 < child < parent - 300
 
 
-def test_spinning_bench_times_every_artifact_its_iterations(tiny_onnx, tmp_path, capsys):
+@pytest.mark.parametrize("flags, spinning", [([], True), (["--spinning"], True), (["--no-spinning"], False)])
+def test_bench_spins_by_default_and_times_every_artifact_its_iterations(tiny_onnx, tmp_path, capsys, flags, spinning):
     out = tmp_path / "spin"
     fast = ["--prompt-lengths", "8", "--cache-lengths", "8", "--batch-sizes", "1", "--warmup", "1", "--iterations", "7",
             "--threads", "1"]
-    code = run_cli(bench.main, [f"w8={tiny_onnx(8)}", f"w4={tiny_onnx(4)}", *fast, "--spinning", "--no-memory",
+    code = run_cli(bench.main, [f"w8={tiny_onnx(8)}", f"w4={tiny_onnx(4)}", *fast, *flags, "--no-memory",
                                 "--out", str(out)])
     assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "bench.json").read_text())["config"]["spinning"] is spinning
     rows = list(csv.DictReader((out / "bench.csv").open()))
     assert {(r["artifact"], r["phase"]) for r in rows} == {(a, p) for a in ("w8", "w4") for p in ("prefill", "decode")}
     assert all(int(r["iterations"]) == 7 for r in rows)
