@@ -65,7 +65,7 @@ def format_table(report: dict[str, Any]) -> str:
     arts = report.get("artifacts") or [a for src in report.get("artifacts_by_source", {}).values() for a in src.values()]
     facts = []
     for a in arts:
-        size = f"{a['size_bytes'] / 2**20:.1f} MB" if a.get("size_bytes") else "?"
+        size = f"{a['size_bytes'] / 2**20:.1f} MiB" if a.get("size_bytes") else "?"
         peak = f", peak host {a['peak_host_mb']:.0f} MB" if a.get("peak_host_mb") else ""
         ops = a.get("ops") or {}
         fused = f", {ops['MatMulNBits']} MatMulNBits" if ops.get("MatMulNBits") else ""

@@ -11,4 +11,4 @@ O=runs/head5/onnx
   sym-int4g32-shared=runs/head5/shared \
   genai-int4=runs/genai_int4 \
   --baseline fp32=runs/head4/fp32 --prompt-lengths 512 --cache-lengths 512 --batch-sizes 1 \
-  --warmup 3 --iterations 41 --threads 2 --no-memory --out runs/head5/bench2
+  --warmup 3 --iterations 41 --threads 2 --no-memory --no-spinning --out runs/head5/bench2

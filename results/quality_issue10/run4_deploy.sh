@@ -15,7 +15,7 @@ SYM=gptaq_w4g128_head_bits-4_head_group_size-32_mse_clip-True_reorder-group
   asym-int4g32head=$O/${SYM}_sym-False \
   genai-int4=runs/genai_int4 \
   --baseline fp32=runs/head4/fp32 --prompt-lengths 512 --cache-lengths 512 --batch-sizes 1 \
-  --warmup 3 --iterations 21 --threads 2 --no-memory --out runs/head5/bench
+  --warmup 3 --iterations 21 --threads 2 --no-memory --no-spinning --out runs/head5/bench
 for c in asym-int4g32head=$O/${SYM}_sym-False sym-int4g32-shared=runs/head5/shared genai-int4=runs/genai_int4 \
          asym-fp32head=$O/gptaq_w4g128_mse_clip-True_reorder-group_sym-False; do
   .venv/bin/python -m tools validate --reference runs/head4/fp32 --candidate ${c#*=} --limit 10 --threads 2 \

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Sixth session, after run5.sh: ORT CPU decode @512 of the run5 exports (float head, INT4 g32 head,
 # split head) beside onnxruntime-genai's builder and the FP32 export, twice: ORT threads not
-# spinning with the artifacts taking turns run by run (the bench's default), and spinning (ORT's
+# spinning with the artifacts taking turns run by run (the bench's default then), and spinning (ORT's
 # default for a lone session) with the artifacts taking turns in blocks of runs. 101 timed runs.
 set -e
 cd "$(dirname "$0")/../.."
@@ -13,6 +13,6 @@ for mode in nospin spin; do
   .venv/bin/python -m tools bench latency \
     float-head=$O/$B int4g32-head=$O/$H split-head=$O/$S genai-int4=runs/genai_int4 \
     --baseline fp32=runs/head4/fp32 --prompt-lengths 64 --cache-lengths 512 --batch-sizes 1 \
-    --warmup 5 --iterations 101 --threads 2 --no-memory $([ $mode = spin ] && echo --spinning) \
+    --warmup 5 --iterations 101 --threads 2 --no-memory $([ $mode = spin ] && echo --spinning || echo --no-spinning) \
     --out runs/head6/bench_$mode
 done
